@@ -1,0 +1,21 @@
+"""Options and parsing shared by the runtime subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from pocketvlm.runtime.errors import InputError
+from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS
+
+
+def add_runtime_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                       help=f"refuse images larger than this many pixels (default {DEFAULT_MAX_PIXELS:,})")
+
+
+def parse_labels(text: str) -> list[str]:
+    labels = [label.strip() for label in text.split(",")]
+    if not any(labels) or any(not label for label in labels):
+        raise InputError(f"--labels {text!r} has an empty label", "pass comma-separated labels, e.g. 'a cat,a dog'")
+    return labels

@@ -1,0 +1,31 @@
+"""pocketvlm export --model DIR --target onnx --quant int8 --out DIR"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    required = parser.add_argument_group("required")
+    required.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
+    required.add_argument("--out", required=True, help="bundle directory to write (an existing bundle is replaced)")
+    optional = parser.add_argument_group("optional")
+    optional.add_argument("--target", default="onnx", help="onnx (default)")
+    optional.add_argument("--quant", default="fp32",
+                          help="fp32 | fp16 | int8 | int4, per component as 'int8,text_encoder=int4', or a JSON file")
+    optional.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pocketvlm.cli.main import Progress
+    from pocketvlm.export.pipeline import export_bundle
+    from pocketvlm.export.quantize import QuantConfig
+    from pocketvlm.runtime.manifest import load_bundle
+
+    quant = QuantConfig.parse(args.quant)
+    out = export_bundle(args.model, args.out, target=args.target, quant=quant, progress=Progress(args.progress))
+    bundle = load_bundle(out)
+    parts = ", ".join(f"{name} {spec.bytes / 1e6:.2f} MB ({spec.quantization['method']})"
+                      for name, spec in bundle.components.items())
+    print(f"exported {bundle.family} to {out}: {parts}; total {bundle.total_bytes / 1e6:.2f} MB")
+    return 0

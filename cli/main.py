@@ -1,0 +1,62 @@
+"""``pocketvlm`` command line: one module per subcommand, imported only when that subcommand runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+
+SUBCOMMANDS = {
+    "export": "export a Hugging Face checkpoint directory to a quantized bundle",
+    "classify": "zero-shot classify images with a CLIP/SigLIP bundle",
+    "embed": "L2-normalised image or text embeddings from a bundle",
+    "parity": "per-component report of a bundle against its source checkpoint",
+    "demo": "export and run the embedded default model end to end (offline)",
+}
+
+
+class Progress:
+    """Step messages on stderr with elapsed time, only when stderr is a terminal (quiet in pipes and CI logs)."""
+
+    def __init__(self, force: bool = False) -> None:
+        self.enabled = force or sys.stderr.isatty()
+        self.started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pocketvlm",
+                                     description="CLIP-style models and small VLMs to verified phone artifacts")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in SUBCOMMANDS.items():
+        module = importlib.import_module(f"pocketvlm.cli.{name}_cmd")
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pocketvlm.runtime.errors import PocketVLMError
+
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"pocketvlm.cli.{args.command}_cmd")
+    try:
+        return int(module.run(args) or 0)
+    except PocketVLMError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was published (partial outputs are removed)", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

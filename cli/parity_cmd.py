@@ -1,0 +1,30 @@
+"""pocketvlm parity --bundle DIR --model DIR [--json FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pocketvlm.cli.common import parse_labels
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    required = parser.add_argument_group("required")
+    required.add_argument("--bundle", required=True, help="bundle directory written by `pocketvlm export`")
+    required.add_argument("--model", required=True, help="the checkpoint directory the bundle was exported from")
+    optional = parser.add_argument_group("optional")
+    optional.add_argument("--json", dest="json_path", help="also write the report as JSON to this file")
+    optional.add_argument("--labels", help="comma-separated zero-shot labels (default: one per test photo)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pocketvlm.export.parity import dual_encoder_parity, format_table
+
+    labels = parse_labels(args.labels) if args.labels else None
+    report = dual_encoder_parity(args.bundle, args.model, labels=labels)
+    print(format_table(report))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"report written: {args.json_path}")
+    return 0 if report["pass"] else 1

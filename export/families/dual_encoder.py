@@ -1,0 +1,110 @@
+"""Pieces shared by the contrastive dual-encoder families (CLIP, SigLIP): tower signatures, example inputs,
+image-processor constants and the manifest blocks the runtime's ``DualEncoder`` reads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pocketvlm.export.registry import TensorDef
+from pocketvlm.export.tokenizer import load_hf_tokenizer, write_tokenizer
+from pocketvlm.runtime.image import RESAMPLE_NAMES, ImagePreprocess
+from pocketvlm.runtime.text import TextConfig
+
+
+def image_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]:
+    size = config.vision_config.image_size
+    return ((TensorDef("pixel_values", "float32", ("batch", 3, size, size)),),
+            (TensorDef("image_embeds", "float32", ("batch", embed_dim(config))),))
+
+
+def text_signature(with_mask: bool) -> Callable[[Any], tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]]:
+    def signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]:
+        inputs = [TensorDef("input_ids", "int64", ("batch", "sequence"))]
+        if with_mask:
+            inputs.append(TensorDef("attention_mask", "int64", ("batch", "sequence")))
+        return tuple(inputs), (TensorDef("text_embeds", "float32", ("batch", embed_dim(config))),)
+
+    return signature
+
+
+def embed_dim(config: Any) -> int:
+    return int(getattr(config, "projection_dim", None) or config.vision_config.hidden_size)
+
+
+def example_pixels(config: Any) -> dict[str, torch.Tensor]:
+    size = config.vision_config.image_size
+    generator = torch.Generator().manual_seed(0)
+    return {"pixel_values": torch.randn(2, 3, size, size, generator=generator)}
+
+
+def example_text(eos_id: Callable[[Any], int], with_mask: bool, length: int = 7) -> Callable[[Any], dict]:
+    def make(config: Any) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        vocab = config.text_config.vocab_size
+        ids = torch.randint(0, max(vocab - 3, 1), (2, length), generator=generator)
+        ids[:, -1] = eos_id(config)
+        feeds = {"input_ids": ids}
+        if with_mask:
+            feeds["attention_mask"] = torch.ones_like(ids)
+        return feeds
+
+    return make
+
+
+def sequence_bounds(config: Any) -> dict[str, tuple[int, int]]:
+    return {"sequence": (2, int(config.text_config.max_position_embeddings))}
+
+
+def project_rows(projection: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """Apply a Linear to [batch, dim] through a 3-D MatMul, so int8/int4 quantizers (MatMul-only) reach it."""
+    return projection(rows[:, None, :])[:, 0, :]
+
+
+def image_preprocess(model_dir: Path, default: Callable[[], Any]) -> ImagePreprocess:
+    """Constants of the checkpoint's image processor (or the family default when it ships none)."""
+    from transformers import AutoImageProcessor
+
+    if (model_dir / "preprocessor_config.json").is_file():
+        proc = AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
+    else:
+        proc = default()
+    size = {k: int(v) for k in ("shortest_edge", "height", "width") if (v := _field(proc.size, k)) is not None}
+    if "shortest_edge" in size:
+        resize = {"shortest_edge": size["shortest_edge"]}
+    else:
+        resize = {"height": size["height"], "width": size["width"]}
+    crop = None
+    if getattr(proc, "do_center_crop", False):
+        crop = {"height": int(_field(proc.crop_size, "height")), "width": int(_field(proc.crop_size, "width"))}
+    normalize = getattr(proc, "do_normalize", True)
+    return ImagePreprocess(
+        resize=resize,
+        resample=RESAMPLE_NAMES[int(proc.resample)],
+        center_crop=crop,
+        rescale_factor=float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else 1.0,
+        mean=tuple(float(x) for x in proc.image_mean) if normalize else (0.0, 0.0, 0.0),
+        std=tuple(float(x) for x in proc.image_std) if normalize else (1.0, 1.0, 1.0),
+    )
+
+
+def _field(size: Any, key: str) -> Any:
+    """transformers 5 keeps sizes as a SizeDict dataclass; older configs as plain dicts."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def dual_encoder_metadata(model_dir: Path, bundle_dir: Path, preprocess: ImagePreprocess, max_length: int,
+                          padding: str, zero_shot: dict[str, Any]) -> dict[str, Any]:
+    tok = load_hf_tokenizer(model_dir)
+    special = write_tokenizer(tok, bundle_dir / "tokenizer.json")
+    text = TextConfig(file="tokenizer.json", max_length=max_length, padding=padding,
+                      pad_token_id=int(special["pad_token_id"] or 0))
+    return {
+        "task": "zero_shot_image_classification",
+        "preprocessing": {"image": preprocess.to_json()},
+        "tokenizer": text.to_json(),
+        "special_tokens": special,
+        "zero_shot": {**zero_shot, "normalize": "l2"},
+    }

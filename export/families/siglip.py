@@ -1,0 +1,101 @@
+"""SigLIP (``SiglipModel``): attention-pooled image tower, last-token text tower, sigmoid scoring with a bias."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from pocketvlm.export.families import dual_encoder as common
+from pocketvlm.export.registry import ComponentDef, FamilySpec, Tolerances, register
+from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul, swapped
+
+
+class ImageEncoder(torch.nn.Module):
+    """pixel_values -> image_embeds (the multihead-attention pooling head's output)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.vision_model = model.vision_model
+        self.patch_embedding = PatchEmbeddingAsMatMul(model.vision_model.embeddings.patch_embedding)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with swapped(self.vision_model.embeddings, "patch_embedding", self.patch_embedding):
+            return self.vision_model(pixel_values=pixel_values).pooler_output
+
+
+class TextEncoder(torch.nn.Module):
+    """input_ids (padded to max_length, no mask: SigLIP was trained that way) -> text_embeds."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.text_model = model.text_model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.text_model(input_ids=input_ids).last_hidden_state
+        return common.project_rows(self.text_model.head, hidden[:, -1, :])
+
+
+def _eos_id(config: Any) -> int:
+    return int(config.text_config.eos_token_id)
+
+
+def load_model(model_dir: Path) -> Any:
+    from transformers import SiglipModel
+
+    return SiglipModel.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager",
+                                       local_files_only=True).eval()
+
+
+def from_config(config: Any) -> Any:
+    from transformers import SiglipModel
+
+    config._attn_implementation = "eager"
+    return SiglipModel(config).eval()
+
+
+def tiny_config(hidden: int = 64, layers: int = 2, heads: int = 4, vocab_size: int = 512, image_size: int = 32,
+                patch_size: int = 8, max_positions: int = 16, eos_token_id: int = 1, pad_token_id: int = 1) -> Any:
+    from transformers import SiglipConfig
+
+    shared = dict(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers, num_attention_heads=heads)
+    return SiglipConfig(
+        text_config=dict(shared, vocab_size=vocab_size, max_position_embeddings=max_positions,
+                         eos_token_id=eos_token_id, pad_token_id=pad_token_id),
+        vision_config=dict(shared, image_size=image_size, patch_size=patch_size),
+    )
+
+
+def default_processor(config: Any) -> Any:
+    from transformers import SiglipImageProcessor
+
+    size = config.vision_config.image_size
+    return SiglipImageProcessor(size={"height": size, "width": size})
+
+
+def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, Any]:
+    preprocess = common.image_preprocess(model_dir, lambda: default_processor(model.config))
+    zero_shot = {"activation": "sigmoid", "logit_scale": math.exp(float(model.logit_scale.detach())),
+                 "logit_bias": float(model.logit_bias.detach()), "prompt_template": "this is a photo of {}.",
+                 "embed_dim": common.embed_dim(model.config)}
+    max_length = int(model.config.text_config.max_position_embeddings)
+    return common.dual_encoder_metadata(model_dir, bundle_dir, preprocess, max_length, "max_length", zero_shot)
+
+
+SPEC = register(FamilySpec(
+    name="siglip",
+    model_types=("siglip",),
+    task="zero_shot_image_classification",
+    components=(
+        ComponentDef("image_encoder", ImageEncoder, common.image_signature, common.example_pixels),
+        ComponentDef("text_encoder", TextEncoder, common.text_signature(with_mask=False),
+                     common.example_text(_eos_id, with_mask=False), common.sequence_bounds),
+    ),
+    load_model=load_model,
+    tiny_config=tiny_config,
+    from_config=from_config,
+    bundle_metadata=bundle_metadata,
+    default_processor=default_processor,
+    tolerances=Tolerances(),
+))

@@ -1,0 +1,73 @@
+"""fp32 ONNX export of one component with ``torch.onnx.export(dynamo=True)``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from pocketvlm.export.registry import ComponentDef
+from pocketvlm.runtime.errors import ExportError
+
+OPSET = 18  # ORT mobile / web builds support it; nothing our graphs need is newer
+
+
+def dynamic_shapes(component: ComponentDef, config: Any, inputs: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Map symbolic dim names in the component signature to shared ``torch.export.Dim`` objects."""
+    in_defs, _ = component.signature(config)
+    bounds = component.dim_bounds(config)
+    dims: dict[str, Any] = {}
+    spec: dict[str, dict] = {}
+    for tensor in in_defs:
+        axes = {}
+        for axis, dim in enumerate(tensor.shape):
+            if isinstance(dim, str):
+                if dim not in dims:
+                    low, high = bounds.get(dim, (1, 2**20))
+                    dims[dim] = torch.export.Dim(dim, min=low, max=high)
+                axes[axis] = dims[dim]
+        spec[tensor.name] = axes
+    return {name: spec.get(name, {}) for name in inputs}
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """The dynamo exporter prints progress and warnings per stage; keep the CLI's terminal output ours."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_component(model: Any, component: ComponentDef, path: Path) -> None:
+    module = component.wrap(model).eval()
+    inputs = component.example_inputs(model.config)
+    in_defs, out_defs = component.signature(model.config)
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                args=(),
+                kwargs=inputs,
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=[t.name for t in in_defs],
+                output_names=[t.name for t in out_defs],
+                dynamic_shapes=dynamic_shapes(component, model.config, inputs),
+                optimize=True,
+                verbose=False,
+            )
+            program.save(str(path))
+    except Exception as exc:  # the exporter raises many internal error types; report them as one
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"ONNX export of {component.name} failed: {first}",
+                          "report the model config; try a smaller config to isolate the failing op") from exc

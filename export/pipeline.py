@@ -1,0 +1,188 @@
+"""checkpoint dir -> bundle dir: load, export each component, quantize, write manifest, then publish atomically.
+
+Everything is written into a hidden sibling directory and renamed into place only once the manifest is complete, so
+an export interrupted at any point leaves nothing that loads as a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from pocketvlm.export.checkpoint import Checkpoint, read_checkpoint
+from pocketvlm.export.quantize import QuantConfig, quantize_file
+from pocketvlm.export.registry import FamilySpec, family_for_model_type
+from pocketvlm.runtime.errors import ExportError, ModelDirError
+from pocketvlm.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
+
+TARGETS = ("onnx",)
+PENDING_MANIFEST = MANIFEST_NAME + ".partial"  # renamed to manifest.json only after the directory is in place
+TOOLS = ("pocketvlm", "torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy")
+
+Progress = Callable[[str], None]
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TOOLS:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _check_destination(out_dir: Path, model_dir: Path) -> None:
+    out, src = out_dir.resolve(), model_dir.resolve()
+    if out == src or src in out.parents:
+        raise ExportError(f"output {out_dir} is inside the checkpoint directory {model_dir}",
+                          "write the bundle elsewhere; pocketvlm never modifies a checkpoint directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"output path {out_dir} exists and is a file", "choose a directory path for --out")
+    replaceable = (out_dir / MANIFEST_NAME).is_file() or (out_dir / PENDING_MANIFEST).is_file()
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not replaceable:
+        raise ExportError(f"output directory {out_dir} is not empty and is not a pocketvlm bundle",
+                          "choose a new or empty directory (an existing bundle there is replaced)")
+
+
+def _component_record(family: FamilySpec, name: str, config: Any, path: Path, quant: dict) -> dict[str, Any]:
+    import onnx
+
+    inputs, outputs = family.component(name).signature(config)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    got = [i.name for i in graph.input]
+    if got != [t.name for t in inputs]:
+        raise ExportError(f"{name}: exported graph inputs {got} differ from the declared {[t.name for t in inputs]}",
+                          "fix the family's component signature")
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "format": "onnx",
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "inputs": [t.to_json() for t in inputs],
+        "outputs": [t.to_json() for t in outputs],
+        "quantization": quant,
+    }
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Swap the finished staging directory into place (replacing an existing bundle) with renames only.
+
+    The manifest travels as ``manifest.json.partial`` and takes its real name last, so neither the staging
+    directory nor a half-published output ever loads as a bundle.
+    """
+    previous = None
+    if out_dir.exists():
+        previous = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(previous)
+    staging.rename(out_dir)
+    (out_dir / PENDING_MANIFEST).rename(out_dir / MANIFEST_NAME)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Staging or replaced directories left by an export that was killed (SIGKILL, power loss)."""
+    for pattern in (f".{out_dir.name}.partial-*", f".{out_dir.name}.old-*"):
+        for stale in out_dir.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onnx",
+                  quant: QuantConfig | None = None, progress: Progress | None = None) -> Path:
+    """Export a checkpoint directory to a verified-on-load bundle. Returns the bundle directory."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    quant = quant or QuantConfig()
+    say = progress or (lambda message: None)
+    if target not in TARGETS:
+        raise ExportError(f"target '{target}' is not available in this version",
+                          f"use --target {' or '.join(TARGETS)}")
+    checkpoint = read_checkpoint(model_dir)
+    family = family_for_model_type(checkpoint.model_type)
+    names = tuple(c.name for c in family.components)
+    quant.check_components(names)
+    _check_destination(out_dir, model_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    staging.mkdir()
+    try:
+        manifest = _export_into(checkpoint, family, staging, quant, say, target)
+        (staging / PENDING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"bundle written: {out_dir}")
+    return out_dir
+
+
+def _load(family: FamilySpec, checkpoint: Checkpoint) -> Any:
+    try:
+        return family.load_model(checkpoint.path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelDirError(f"cannot load weights from {checkpoint.path}: {str(exc).splitlines()[0]}",
+                            "check that the weight files are complete and match config.json") from exc
+
+
+def _export_into(checkpoint: Checkpoint, family: FamilySpec, staging: Path, quant: QuantConfig, say: Progress,
+                 target: str) -> dict[str, Any]:
+    from pocketvlm.export.onnx_export import export_component
+
+    started = time.perf_counter()
+    steps = 2 + 2 * len(family.components)
+    step = 0
+
+    def tick(message: str) -> None:
+        nonlocal step
+        step += 1
+        say(f"[{step}/{steps}] {message} ({time.perf_counter() - started:.1f}s)")
+
+    tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
+    model = _load(family, checkpoint)
+    tick("writing tokenizer and preprocessing constants")
+    extra = family.bundle_metadata(model, checkpoint.path, staging)
+    scratch = staging / "_fp32"
+    scratch.mkdir()
+    components = {}
+    for comp in family.components:
+        spec = quant.for_component(comp.name)
+        tick(f"exporting {comp.name} to ONNX (fp32)")
+        fp32_path = scratch / f"{comp.name}.onnx"
+        export_component(model, comp, fp32_path)
+        tick(f"quantizing {comp.name} ({spec.method})")
+        final = staging / f"{comp.name}.onnx"
+        quantize_file(fp32_path, final, spec)
+        components[comp.name] = _component_record(family, comp.name, model.config, final, spec.record())
+    shutil.rmtree(scratch)
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "pocketvlm_version": tool_versions().get("pocketvlm", "unknown"),
+        "family": family.name,
+        "model_type": checkpoint.model_type,
+        "target": target,
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": {
+            "model_dir_name": checkpoint.path.name,
+            "config_sha256": checkpoint.config_sha256,
+            "weights_sha256": checkpoint.weights_sha256(),
+            "architectures": list(checkpoint.config.get("architectures") or []),
+            "tools": tool_versions(),
+        },
+        "quantization": quant.to_json(),
+        **extra,
+        "components": components,
+        "files": [{"path": p.relative_to(staging).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+                  for p in files],
+    }

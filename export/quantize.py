@@ -1,0 +1,179 @@
+"""Quantization as a typed config plus pure functions over ONNX files.
+
+``QuantConfig`` holds one ``QuantSpec`` per component (a default plus overrides), parsed from the CLI
+(``int8`` or ``int8,text_encoder=int4``) or a JSON file, and is recorded in the manifest.
+
+- ``fp16``: weights and compute in float16, float32 graph inputs/outputs kept for the runtime.
+- ``int8``: ONNX Runtime dynamic quantization: MatMul weights int8 per-channel, activations uint8 per tensor at run
+  time; Gather tables (token embeddings) uint8.
+- ``int4``: MatMulNBits, weight-only, block-wise symmetric (block 32 by default); Gather tables stay 8-bit unless
+  ``embedding_bits=4`` is asked for (4-bit embedding tables measured cosine 0.90-0.96 on other targets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pocketvlm.runtime.errors import QuantizationError
+
+METHODS = ("fp32", "fp16", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    method: str = "fp32"
+    block_size: int = 32
+    symmetric: bool = True
+    embedding_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise QuantizationError(f"unknown quantization '{self.method}'", f"use one of: {', '.join(METHODS)}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise QuantizationError(f"int4 block size {self.block_size} is not a power of two >= 16",
+                                    "use 16, 32, 64 or 128")
+        if self.embedding_bits not in (4, 8):
+            raise QuantizationError(f"embedding_bits {self.embedding_bits} unsupported", "use 8 (default) or 4")
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's per-component ``quantization`` block."""
+        if self.method == "fp32":
+            return {"method": "fp32", "weights": "float32", "activations": "float32"}
+        if self.method == "fp16":
+            return {"method": "fp16", "weights": "float16", "activations": "float16", "io": "float32"}
+        if self.method == "int8":
+            return {"method": "int8", "weights": "int8 per-channel (MatMul), uint8 (Gather)",
+                    "activations": "uint8 dynamic per-tensor", "op_types": ["MatMul", "Gather"]}
+        return {"method": "int4", "weights": f"int4 block-wise ({'symmetric' if self.symmetric else 'asymmetric'})",
+                "activations": "float32", "op_types": ["MatMul"], "block_size": self.block_size,
+                "symmetric": self.symmetric, "embedding_bits": self.embedding_bits}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    default: QuantSpec = QuantSpec()
+    components: dict[str, QuantSpec] = field(default_factory=dict)
+
+    def for_component(self, name: str) -> QuantSpec:
+        return self.components.get(name, self.default)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"default": asdict(self.default), "components": {k: asdict(v) for k, v in self.components.items()}}
+
+    @classmethod
+    def parse(cls, text: str) -> QuantConfig:
+        """``int8`` | ``int8,text_encoder=int4`` | path to a JSON file written by ``to_json``."""
+        path = Path(text)
+        if text.endswith(".json"):
+            if not path.is_file():
+                raise QuantizationError(f"quantization config file not found: {text}", "check the path")
+            try:
+                data = json.loads(path.read_text())
+                return cls(QuantSpec(**data.get("default", {})),
+                           {k: QuantSpec(**v) for k, v in data.get("components", {}).items()})
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise QuantizationError(f"invalid quantization config {text}: {exc}",
+                                        'write {"default": {"method": "int8"}, "components": {...}}') from exc
+        default, overrides = QuantSpec(), {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "=" in part:
+                name, method = (s.strip() for s in part.split("=", 1))
+                overrides[name] = replace(QuantSpec(), method=method)
+            else:
+                default = QuantSpec(method=part)
+        return cls(default, {k: replace(default, method=v.method) for k, v in overrides.items()})
+
+    def check_components(self, names: tuple[str, ...]) -> None:
+        unknown = sorted(set(self.components) - set(names))
+        if unknown:
+            raise QuantizationError(f"quantization names unknown component(s) {', '.join(unknown)}",
+                                    f"use component names of this family: {', '.join(names)}")
+
+
+def _strip_value_info(model: Any) -> None:
+    # dynamo exports carry value_info that ORT's quantizer's shape inference chokes on
+    del model.graph.value_info[:]
+
+
+def quantize_file(src: Path, dst: Path, spec: QuantSpec) -> None:
+    """Write ``src`` (fp32 ONNX) to ``dst`` quantized per ``spec``. Pure: ``src`` is left untouched."""
+    import onnx
+
+    if spec.method == "fp32":
+        shutil.copyfile(src, dst)
+        return
+    model = onnx.load(str(src))
+    _strip_value_info(model)
+    with _quiet_root_logger():
+        _quantize(model, dst, spec)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ORT's quantizers log per-tensor INFO/WARNING lines on the root logger; keep the user's terminal readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(model: Any, dst: Path, spec: QuantSpec) -> None:
+    import onnx
+
+    if spec.method == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+        onnx.save(model, str(dst))
+    elif spec.method == "int8":
+        _int8(model, dst, gather=True)
+    else:
+        _int4(model, dst, spec)
+
+
+def _int8(model: Any, dst: Path, gather: bool) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    op_types = ["MatMul", "Gather"] if gather else ["MatMul"]
+    quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
+                     per_channel=True, extra_options={"MatMulConstBOnly": True})
+
+
+def _int4(model: Any, dst: Path, spec: QuantSpec) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric,
+                                          op_types_to_quantize=("MatMul",) if spec.embedding_bits == 8 else
+                                          ("MatMul", "Gather"))
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    quantizer.process()
+    quantized = quantizer.model.model
+    if spec.embedding_bits == 8:
+        tmp = dst.with_suffix(".int4.onnx")
+        onnx.save(quantized, str(tmp))
+        try:
+            # 8-bit embedding tables on top of the 4-bit MatMuls
+            quantized = onnx.load(str(tmp))
+            _strip_value_info(quantized)
+            _int8_gather_only(quantized, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        onnx.save(quantized, str(dst))
+
+
+def _int8_gather_only(model: Any, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"], per_channel=True)

@@ -1,0 +1,56 @@
+"""Backend sessions: one small protocol that ONNX Runtime (and later LiteRT, Core ML, torch) implement.
+
+Pre- and post-processing live in the runtime once and run over any ``Session``; a backend only maps named numpy
+inputs to named numpy outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from pocketvlm.runtime.errors import BundleError
+from pocketvlm.runtime.manifest import Bundle
+
+
+class Session(Protocol):
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class OrtSession:
+    """An ONNX Runtime inference session over one bundle component."""
+
+    def __init__(self, path: Path, providers: list[str] | None = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise BundleError(f"ONNX Runtime cannot load {path.name}: {exc}".splitlines()[0],
+                              "re-export the bundle, or upgrade onnxruntime to the version in the manifest") from exc
+        self.input_names = tuple(i.name for i in self._session.get_inputs())
+        self.output_names = tuple(o.name for o in self._session.get_outputs())
+        self.providers = tuple(self._session.get_providers())
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        used = {name: feeds[name] for name in self.input_names}
+        outputs = self._session.run(list(self.output_names), used)
+        return dict(zip(self.output_names, outputs))
+
+
+def open_session(bundle: Bundle, component: str, providers: list[str] | None = None, threads: int = 0) -> Session:
+    spec = bundle.component(component)
+    if spec.format == "onnx":
+        return OrtSession(bundle.file(spec.file), providers=providers, threads=threads)
+    raise BundleError(f"component '{component}' has format '{spec.format}', which this runtime cannot run",
+                      "export with --target onnx, or install the runtime for that target")

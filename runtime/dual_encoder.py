@@ -1,0 +1,109 @@
+"""Embeddings and zero-shot classification over a CLIP-style bundle (``image_encoder`` + ``text_encoder``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pocketvlm.runtime.backends import Session, open_session
+from pocketvlm.runtime.errors import BundleError, InputError
+from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocess, load_image
+from pocketvlm.runtime.manifest import Bundle, load_bundle
+from pocketvlm.runtime.text import TextConfig, TextTokenizer
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How image-text similarity becomes a probability: CLIP softmax, SigLIP sigmoid with a bias."""
+
+    activation: str  # "softmax" | "sigmoid"
+    logit_scale: float
+    logit_bias: float
+    prompt_template: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+class DualEncoder:
+    """Runs a bundle's image and text towers; all preprocessing lives here, not in the backend."""
+
+    def __init__(self, bundle: Bundle, sessions: dict[str, Session], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        manifest = bundle.manifest
+        for key in ("preprocessing", "tokenizer", "zero_shot"):
+            if key not in manifest:
+                raise BundleError(f"bundle manifest has no '{key}' block: not a dual-encoder bundle",
+                                  "use a CLIP or SigLIP bundle for embed/classify")
+        self.bundle = bundle
+        self.sessions = sessions
+        self.max_pixels = max_pixels
+        self.preprocess = ImagePreprocess.from_json(manifest["preprocessing"]["image"])
+        text_config = TextConfig.from_json(manifest["tokenizer"])
+        self.tokenizer = TextTokenizer(bundle.file(text_config.file), text_config)
+        zs = manifest["zero_shot"]
+        self.scoring = Scoring(zs["activation"], float(zs["logit_scale"]), float(zs.get("logit_bias") or 0.0),
+                               zs["prompt_template"])
+
+    @classmethod
+    def load(cls, path: Path | str, providers: list[str] | None = None, threads: int = 0,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> DualEncoder:
+        bundle = load_bundle(path)
+        sessions = {name: open_session(bundle, name, providers, threads) for name in ("image_encoder", "text_encoder")}
+        return cls(bundle, sessions, max_pixels=max_pixels)
+
+    def pixel_values(self, images: Sequence[ImageInput]) -> np.ndarray:
+        return self.preprocess.batch([load_image(image, self.max_pixels) for image in images])
+
+    def image_features(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Unnormalised projected image features, as the model's ``get_image_features``."""
+        session = self.sessions["image_encoder"]
+        return session.run({"pixel_values": self.pixel_values(images)})["image_embeds"]
+
+    def text_features(self, texts: Sequence[str]) -> np.ndarray:
+        session = self.sessions["text_encoder"]
+        return session.run(self.tokenizer.encode(list(texts)))["text_embeds"]
+
+    def embed_image(self, images: Sequence[ImageInput]) -> np.ndarray:
+        return l2_normalize(self.image_features(images))
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        return l2_normalize(self.text_features(texts))
+
+    def logits(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
+        """[images, texts] logits from normalised embeddings."""
+        return image_embeds @ text_embeds.T * self.scoring.logit_scale + self.scoring.logit_bias
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        if self.scoring.activation == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-logits))
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+
+    def prompts(self, labels: Sequence[str], template: str | None = None) -> list[str]:
+        template = self.scoring.prompt_template if template is None else template
+        if "{}" not in template:
+            raise InputError(f"prompt template {template!r} has no '{{}}' placeholder",
+                             "use a template like 'a photo of {}.'")
+        return [template.replace("{}", label) for label in labels]
+
+    def classify(self, images: Sequence[ImageInput], labels: Sequence[str],
+                 template: str | None = None) -> list[list[Prediction]]:
+        """Zero-shot classification: per image, labels sorted by score (highest first)."""
+        labels = [label.strip() for label in labels]
+        if not labels or any(not label for label in labels):
+            raise InputError("labels must be non-empty", "pass labels like --labels 'a cat,a dog'")
+        if len(set(labels)) != len(labels):
+            raise InputError("labels contain duplicates", "pass each label once")
+        text = self.embed_text(self.prompts(labels, template))
+        probs = self.probabilities(self.logits(self.embed_image(images), text))
+        return [[Prediction(labels[i], float(row[i])) for i in np.argsort(-row)] for row in probs]

@@ -1,0 +1,177 @@
+"""The bundle contract: ``manifest.json`` beside the model files, read the same way by Python, Kotlin, Swift and JS.
+
+The manifest is plain JSON (schema: ``runtime/schema/manifest.schema.json``). Loading a bundle checks the schema
+version, the structure this runtime relies on, and the sha256 of every file the manifest lists, so a tampered or
+half-copied bundle never runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pocketvlm.runtime.errors import BundleError, BundleIntegrityError, BundleVersionError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SCHEMA_PATH = Path(__file__).parent / "schema" / "manifest.schema.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    file: str
+    sha256: str
+    bytes: int
+    format: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    quantization: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, name: str, data: dict[str, Any]) -> ComponentSpec:
+        return cls(
+            name=name,
+            file=data["file"],
+            sha256=data["sha256"],
+            bytes=int(data["bytes"]),
+            format=data["format"],
+            inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+            quantization=dict(data["quantization"]),
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk: its directory, the raw manifest and the typed component specs."""
+
+    path: Path
+    manifest: dict[str, Any]
+    components: dict[str, ComponentSpec]
+
+    @property
+    def family(self) -> str:
+        return str(self.manifest["family"])
+
+    def file(self, relative: str) -> Path:
+        return self.path / relative
+
+    def component(self, name: str) -> ComponentSpec:
+        if name not in self.components:
+            raise BundleError(
+                f"bundle {self.path} has no component '{name}' (it has: {', '.join(sorted(self.components))})",
+                "re-export the model with a pocketvlm version that writes this component",
+            )
+        return self.components[name]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(int(f["bytes"]) for f in self.manifest["files"])
+
+
+_REQUIRED_TOP = ("schema_version", "family", "target", "source", "components", "files")
+_REQUIRED_COMPONENT = ("file", "sha256", "bytes", "format", "inputs", "outputs", "quantization")
+
+
+def _check_structure(manifest: Any, where: Path) -> None:
+    fix = "re-export the bundle with `pocketvlm export`"
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where} is not a JSON object", fix)
+    missing = [key for key in _REQUIRED_TOP if key not in manifest]
+    if missing:
+        raise BundleError(f"{where} lacks required keys: {', '.join(missing)}", fix)
+    if not isinstance(manifest["components"], dict) or not manifest["components"]:
+        raise BundleError(f"{where} lists no components", fix)
+    for name, comp in manifest["components"].items():
+        gaps = [key for key in _REQUIRED_COMPONENT if key not in comp]
+        if gaps:
+            raise BundleError(f"{where}: component '{name}' lacks {', '.join(gaps)}", fix)
+    for entry in manifest["files"]:
+        if not isinstance(entry, dict) or not {"path", "sha256", "bytes"} <= entry.keys():
+            raise BundleError(f"{where}: malformed entry in 'files': {entry!r}", fix)
+        if Path(entry["path"]).is_absolute() or ".." in Path(entry["path"]).parts:
+            raise BundleError(f"{where}: file path escapes the bundle: {entry['path']!r}", fix)
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST_NAME
+    if not bundle_dir.is_dir():
+        raise BundleError(f"bundle directory not found: {bundle_dir}", "pass the --out directory of `pocketvlm export`")
+    if not path.is_file():
+        raise BundleError(
+            f"{bundle_dir} has no {MANIFEST_NAME}: not a pocketvlm bundle, or an export that did not finish",
+            "run `pocketvlm export` again into this directory",
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc})", "re-export the bundle with `pocketvlm export`") from exc
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int):
+        raise BundleError(f"{path} has no integer schema_version", "re-export the bundle with `pocketvlm export`")
+    if version > SCHEMA_VERSION:
+        raise BundleVersionError(
+            f"bundle schema version {version} is newer than this runtime understands ({SCHEMA_VERSION})",
+            "upgrade pocketvlm (pip install -U pocketvlm) or re-export with this version",
+        )
+    if version < 1:
+        raise BundleVersionError(f"bundle schema version {version} is invalid", "re-export the bundle")
+    _check_structure(manifest, path)
+    return manifest
+
+
+def verify_files(bundle_dir: Path, manifest: dict[str, Any]) -> None:
+    """Check that every file the manifest lists exists with the recorded size and sha256."""
+    for entry in manifest["files"]:
+        path = bundle_dir / entry["path"]
+        if not path.is_file():
+            raise BundleIntegrityError(
+                f"bundle file missing: {entry['path']}", "copy the whole bundle directory again, or re-export it"
+            )
+        if path.stat().st_size != int(entry["bytes"]) or sha256_file(path) != entry["sha256"]:
+            raise BundleIntegrityError(
+                f"bundle file {entry['path']} does not match its sha256 in {MANIFEST_NAME} (modified or truncated)",
+                "re-export the bundle or copy it again; never edit bundle files by hand",
+            )
+
+
+def load_bundle(bundle_dir: Path | str, verify: bool = True) -> Bundle:
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    listed = {entry["path"] for entry in manifest["files"]}
+    components = {}
+    for name, data in manifest["components"].items():
+        if data["file"] not in listed:
+            raise BundleError(f"component '{name}' file {data['file']} is not in the manifest's file list",
+                              "re-export the bundle with `pocketvlm export`")
+        components[name] = ComponentSpec.from_json(name, data)
+    if verify:
+        verify_files(bundle_dir, manifest)
+    return Bundle(path=bundle_dir, manifest=manifest, components=components)

@@ -1,0 +1,55 @@
+"""Shared fixtures: seeded checkpoints of every family, and a cache of exported bundles per (family, size, quant)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Sizes used by the tests. "tiny" runs in seconds; "medium" is the acceptance size of the spine issue
+# (hidden 256, 4 layers) with a 64 px / 16 px-patch image tower and the trained test tokenizer.
+SIZES = {
+    "tiny": {},
+    "medium": {"hidden": 256, "layers": 4, "heads": 4, "image_size": 64, "patch_size": 16},
+}
+
+
+class Workspace:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._checkpoints: dict[tuple[str, str], Path] = {}
+        self._bundles: dict[tuple[str, str, str], Path] = {}
+
+    def checkpoint(self, family: str, size: str = "tiny") -> Path:
+        from pocketvlm.export.synthetic import build_checkpoint
+
+        key = (family, size)
+        if key not in self._checkpoints:
+            self._checkpoints[key] = build_checkpoint(family, self.root / f"ckpt-{family}-{size}", seed=0,
+                                                      **SIZES[size])
+        return self._checkpoints[key]
+
+    def bundle(self, family: str, quant: str = "fp32", size: str = "tiny") -> Path:
+        from pocketvlm.export.pipeline import export_bundle
+        from pocketvlm.export.quantize import QuantConfig
+
+        key = (family, size, quant)
+        if key not in self._bundles:
+            out = self.root / f"bundle-{family}-{size}-{quant}"
+            self._bundles[key] = export_bundle(self.checkpoint(family, size), out, quant=QuantConfig.parse(quant))
+        return self._bundles[key]
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("pocketvlm"))
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict:
+    from pocketvlm.export.photos import load_photos
+
+    return load_photos()

@@ -1,0 +1,48 @@
+"""Every registered family: tiny-config export -> load -> run -> compare, and the meta-test that enforces it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pocketvlm.export.parity import dual_encoder_parity
+from pocketvlm.export.registry import families
+from pocketvlm.runtime import DualEncoder, load_bundle
+
+# family -> the parity check its tiny-config test runs. Adding a family without a line here fails the meta-test.
+TESTED_FAMILIES = {"clip": dual_encoder_parity, "siglip": dual_encoder_parity}
+
+
+def test_every_registered_family_has_an_export_and_parity_test():
+    missing = sorted(set(families()) - set(TESTED_FAMILIES))
+    assert not missing, f"families registered without a tiny-config export-and-parity test: {missing}"
+
+
+@pytest.mark.parametrize("family", sorted(TESTED_FAMILIES))
+def test_tiny_export_and_parity(workspace, photos, family):
+    bundle_dir = workspace.bundle(family, "fp32")                 # export
+    bundle = load_bundle(bundle_dir)                               # load (verifies every sha256)
+    assert set(bundle.components) == {c.name for c in families()[family].components}
+    subset = {k: photos[k] for k in ("astronaut", "coffee", "camera", "logo")}
+    report = TESTED_FAMILIES[family](bundle_dir, workspace.checkpoint(family), photos=subset)  # run + compare
+    for name, row in report["components"].items():
+        assert row["max_abs"] <= 1e-4, (name, row)
+        assert row["cosine_min"] >= 0.99999, (name, row)
+    assert report["preprocessing"]["pixel_values_max_abs"] <= 1e-5
+    assert report["preprocessing"]["input_ids_equal"]
+    assert report["zero_shot"]["top1_agreement"] == 1.0
+    assert report["pass"]
+
+
+@pytest.mark.parametrize("family", sorted(TESTED_FAMILIES))
+def test_runtime_classify_and_embed(workspace, photos, family):
+    model = DualEncoder.load(workspace.bundle(family, "fp32"))
+    images = [photos["astronaut"], photos["coffee"]]
+    embeds = model.embed_image(images)
+    assert embeds.shape == (2, model.bundle.manifest["zero_shot"]["embed_dim"])
+    assert abs(float((embeds**2).sum(-1).max()) - 1.0) < 1e-5
+    preds = model.classify(images, ["a cat", "a dog", "a rocket"])
+    assert [len(p) for p in preds] == [3, 3]
+    scores = [p.score for p in preds[0]]
+    assert scores == sorted(scores, reverse=True)
+    if model.scoring.activation == "softmax":
+        assert abs(sum(scores) - 1.0) < 1e-5
