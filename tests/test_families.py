@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pocketvlm.export.parity import dual_encoder_parity
 from pocketvlm.export.registry import families
 from pocketvlm.runtime import DualEncoder, load_bundle

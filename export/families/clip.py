@@ -98,8 +98,10 @@ def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, 
     positions = int(model.config.text_config.max_position_embeddings)
     tok_max = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True).model_max_length
     max_length = min(positions, int(tok_max)) if tok_max and tok_max < 1e9 else positions
-    zero_shot = {"activation": "softmax", "logit_scale": math.exp(float(model.logit_scale.detach())), "logit_bias": None,
-                 "prompt_template": "a photo of {}.", "embed_dim": common.embed_dim(model.config)}
+    scale = math.exp(float(model.logit_scale.detach()))
+    zero_shot = {"activation": "softmax", "logit_scale": scale, "logit_bias": None,
+                 "prompt_template": "a photo of {}.",
+                 "embed_dim": common.embed_dim(model.config)}
     return common.dual_encoder_metadata(model_dir, bundle_dir, preprocess, max_length, "longest", zero_shot)
 
 
