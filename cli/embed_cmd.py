@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
+
     from pocketvlm.runtime.dual_encoder import DualEncoder
 
     if args.out and not args.out.endswith(".npy"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from pocketvlm.export.parity import dual_encoder_parity
 from pocketvlm.export.photos import PHOTO_LABELS, load_photos
 from pocketvlm.export.pipeline import export_bundle, tool_versions

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from pocketvlm.export.registry import ComponentDef
 from pocketvlm.runtime.errors import ExportError
 

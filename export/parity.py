@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from pocketvlm.export.checkpoint import read_checkpoint
+from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.photos import PHOTO_LABELS, load_photos
 from pocketvlm.export.registry import FamilySpec, get_family
 from pocketvlm.runtime.dual_encoder import DualEncoder
@@ -59,7 +61,12 @@ def _hf_text_inputs(model_dir: Path, prompts: list[str], manifest: dict[str, Any
     return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
-def dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: list[str] | None = None,
+def dual_encoder_parity(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    with quiet_transformers():
+        return _dual_encoder_parity(*args, **kwargs)
+
+
+def _dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: list[str] | None = None,
                         photos: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
 
@@ -104,7 +111,7 @@ def dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: l
     tolerances = family.tolerances
     rows = {}
     for name, comp in components.items():
-        limit = tolerances.min_cosine[method[name]]
+        limit = tolerances.cosine_for(name, method[name])
         ok = comp.cosine_min >= limit and (method[name] != "fp32" or comp.max_abs <= tolerances.fp32_max_abs)
         rows[name] = {**comp.__dict__, "quantization": method[name], "min_cosine_required": limit,
                       "max_abs_required": tolerances.fp32_max_abs if method[name] == "fp32" else None, "pass": ok}

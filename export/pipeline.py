@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketvlm.export.checkpoint import Checkpoint, read_checkpoint
+from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.quantize import QuantConfig, quantize_file
 from pocketvlm.export.registry import FamilySpec, family_for_model_type
 from pocketvlm.runtime.errors import ExportError, ModelDirError
@@ -117,7 +118,8 @@ def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onn
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     staging.mkdir()
     try:
-        manifest = _export_into(checkpoint, family, staging, quant, say, target)
+        with quiet_transformers():
+            manifest = _export_into(checkpoint, family, staging, quant, say, target)
         (staging / PENDING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _publish(staging, out_dir)
     except BaseException:
@@ -130,7 +132,7 @@ def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onn
 def _load(family: FamilySpec, checkpoint: Checkpoint) -> Any:
     try:
         return family.load_model(checkpoint.path)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # safetensors, torch and transformers each raise their own types for a bad checkpoint
         raise ModelDirError(f"cannot load weights from {checkpoint.path}: {str(exc).splitlines()[0]}",
                             "check that the weight files are complete and match config.json") from exc
 

@@ -156,6 +156,7 @@ def _int8(model: Any, dst: Path, gather: bool) -> None:
 
 def _int4(model: Any, dst: Path, spec: QuantSpec) -> None:
     import onnx
+
     from pocketvlm.export.int4 import matmuls_to_nbits
 
     matmuls_to_nbits(model, block_size=spec.block_size, bits=4, first_bits=spec.first_layer_bits)

@@ -49,11 +49,15 @@ class ComponentDef:
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Parity thresholds per quantization: fp32 by max abs error, quantized bundles by cosine."""
+    """Parity thresholds per quantization (and optionally per component): fp32 by max abs error, all by cosine."""
 
     fp32_max_abs: float = 1e-4
     min_cosine: dict[str, float] = field(default_factory=lambda: {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99,
                                                                   "int4": 0.98})
+    component_min_cosine: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def cosine_for(self, component: str, method: str) -> float:
+        return self.component_min_cosine.get(component, {}).get(method, self.min_cosine[method])
 
 
 @dataclass(frozen=True)

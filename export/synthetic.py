@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.registry import get_family
 
 ASSETS = Path(__file__).parent / "assets"
@@ -64,8 +66,12 @@ def clip_bpe_tokenizer() -> Any:
 def build_checkpoint(family: str, out_dir: Path, seed: int = 0, tokenizer: Any = None, init_std: float | None = None,
                      **sizes: Any) -> Path:
     """Write ``out_dir`` as a save_pretrained() checkpoint of ``family`` with seeded random weights."""
+    with quiet_transformers():
+        return _build(family, Path(out_dir), seed, tokenizer, init_std, sizes)
+
+
+def _build(family: str, out_dir: Path, seed: int, tokenizer: Any, init_std: float | None, sizes: dict) -> Path:
     spec = get_family(family)
-    out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     if tokenizer is None:

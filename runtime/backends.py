@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
 from pocketvlm.runtime.errors import BundleError
 from pocketvlm.runtime.manifest import Bundle
 

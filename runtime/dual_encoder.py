@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from pocketvlm.runtime.backends import Session, open_session
 from pocketvlm.runtime.errors import BundleError, InputError
 from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocess, load_image

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
 from pocketvlm.runtime.errors import ImageError, ImageTooLargeError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; beyond this an image is almost surely a mistake or a bomb

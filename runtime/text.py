@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pocketvlm.runtime.errors import BundleError, InputError
 from tokenizers import Tokenizer
+
+from pocketvlm.runtime.errors import BundleError, InputError
 
 
 @dataclass(frozen=True)

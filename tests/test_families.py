@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pocketvlm.export.parity import dual_encoder_parity
 from pocketvlm.export.registry import families
 from pocketvlm.runtime import DualEncoder, load_bundle

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from pocketvlm.export.parity import Comparison, dual_encoder_parity
 from pocketvlm.export.registry import get_family
 from pocketvlm.runtime import DualEncoder, load_bundle

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from pocketvlm.export.registry import TensorDef
 from pocketvlm.export.tokenizer import load_hf_tokenizer, write_tokenizer
 from pocketvlm.runtime.image import RESAMPLE_NAMES, ImagePreprocess
