@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pocketvlm.export.families import dual_encoder as common
-from pocketvlm.export.registry import ComponentDef, FamilySpec, Tolerances, register
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul, swapped
 
 
@@ -52,7 +52,7 @@ class TextEncoder(torch.nn.Module):
         return common.project_rows(self.text_projection, pooled)
 
 
-def _eos_id(config: Any) -> int:
+def eos_id(config: Any) -> int:
     eos = int(config.text_config.eos_token_id)
     return config.text_config.vocab_size - 1 if eos == 2 else eos
 
@@ -106,21 +106,4 @@ def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, 
     return common.dual_encoder_metadata(model_dir, bundle_dir, preprocess, max_length, "longest", zero_shot)
 
 
-SPEC = register(FamilySpec(
-    name="clip",
-    model_types=("clip",),
-    task="zero_shot_image_classification",
-    components=(
-        ComponentDef("image_encoder", ImageEncoder, common.image_signature, common.example_pixels),
-        ComponentDef("text_encoder", TextEncoder, common.text_signature(with_mask=True),
-                     common.example_text(_eos_id, with_mask=True), common.sequence_bounds),
-    ),
-    load_model=load_model,
-    tiny_config=tiny_config,
-    from_config=from_config,
-    bundle_metadata=bundle_metadata,
-    default_processor=default_processor,
-    # 4-bit text towers with random weights measure 0.95-0.97 worst-prompt cosine (every layer sees every token's
-    # error, and the pooled token is one of many); image towers and trained weights are held to the default 0.98.
-    tolerances=Tolerances(component_min_cosine={"text_encoder": {"int4": 0.95}}),
-))
+SPEC = common.register_dual_encoder(sys.modules[__name__], "clip", text_with_mask=True)
