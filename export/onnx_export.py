@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -17,22 +18,29 @@ from pocketvlm.runtime.errors import ExportError
 OPSET = 18  # ORT mobile / web builds support it; nothing our graphs need is newer
 
 
-def dynamic_shapes(component: ComponentDef, config: Any, inputs: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """Map symbolic dim names in the component signature to shared ``torch.export.Dim`` objects."""
+def dynamic_shapes(component: ComponentDef, config: Any, module: torch.nn.Module) -> tuple:
+    """Symbolic dim names in the component signature -> shared ``torch.export.Dim`` objects, laid out like the
+    wrapper's positional parameters (trailing ``*args`` such as flat KV caches grouped in one tuple). A bound of
+    ``None`` means ``Dim.AUTO``: a dim the exporter derives from the others (an attention mask of past + new)."""
     in_defs, _ = component.signature(config)
     bounds = component.dim_bounds(config)
     dims: dict[str, Any] = {}
-    spec: dict[str, dict] = {}
+    per_input = []
     for tensor in in_defs:
         axes = {}
         for axis, dim in enumerate(tensor.shape):
             if isinstance(dim, str):
                 if dim not in dims:
-                    low, high = bounds.get(dim, (1, 2**20))
-                    dims[dim] = torch.export.Dim(dim, min=low, max=high)
+                    bound = bounds.get(dim, (1, 2**20))
+                    dims[dim] = torch.export.Dim.AUTO if bound is None else torch.export.Dim(dim, min=bound[0],
+                                                                                           max=bound[1])
                 axes[axis] = dims[dim]
-        spec[tensor.name] = axes
-    return {name: spec.get(name, {}) for name in inputs}
+        per_input.append(axes)
+    params = list(inspect.signature(module.forward).parameters.values())
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return (*per_input[: len(named)], tuple(per_input[len(named):]))
+    return tuple(per_input)
 
 
 @contextlib.contextmanager
@@ -53,17 +61,19 @@ def export_component(model: Any, component: ComponentDef, path: Path) -> None:
     module = component.wrap(model).eval()
     inputs = component.example_inputs(model.config)
     in_defs, out_defs = component.signature(model.config)
+    if list(inputs) != [t.name for t in in_defs]:
+        raise ExportError(f"{component.name}: example inputs {list(inputs)} differ from the signature",
+                          "fix the family module")
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
                 module,
-                args=(),
-                kwargs=inputs,
+                args=tuple(inputs.values()),
                 dynamo=True,
                 opset_version=OPSET,
                 input_names=[t.name for t in in_defs],
                 output_names=[t.name for t in out_defs],
-                dynamic_shapes=dynamic_shapes(component, model.config, inputs),
+                dynamic_shapes=dynamic_shapes(component, model.config, module),
                 optimize=True,
                 verbose=False,
             )

@@ -40,7 +40,7 @@ class ComponentDef:
     wrap: Callable[[Any], torch.nn.Module]  # full HF model -> export-friendly module for this component
     signature: Callable[[Any], tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]]  # config -> (inputs, outputs)
     example_inputs: Callable[[Any], dict[str, torch.Tensor]]  # config -> named example tensors
-    dim_bounds: Callable[[Any], dict[str, tuple[int, int]]] = lambda config: {}
+    dim_bounds: Callable[[Any], dict[str, tuple[int, int] | None]] = lambda config: {}
 
     def __post_init__(self) -> None:
         if self.name not in COMPONENT_NAMES:
@@ -105,7 +105,7 @@ def register(spec: FamilySpec) -> FamilySpec:
 
 def _load_all() -> None:
     # One import line per family module; each module calls register() at import.
-    from pocketvlm.export.families import clip, siglip  # noqa: F401
+    from pocketvlm.export.families import clip, qwen2_vl, siglip  # noqa: F401
 
 
 def families() -> dict[str, FamilySpec]:

@@ -27,10 +27,24 @@ _CORPUS = [
 ]
 
 # Special tokens per tokenizer style: (tokens in id order, template added around a sequence)
+_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
 _STYLES = {
     "clip": (["<|startoftext|>", "<|endoftext|>"], "<|startoftext|> $A <|endoftext|>"),
     "siglip": (["<pad>", "</s>", "<unk>"], "$A </s>"),
+    "qwen2_vl": (_QWEN_SPECIALS, None),
 }
+# config keys of the tiny configs that name special tokens
+_CONFIG_TOKENS = {"image_token_id": "<|image_pad|>", "vision_start_token_id": "<|vision_start|>",
+                  "vision_end_token_id": "<|vision_end|>", "video_token_id": "<|video_pad|>"}
+# Qwen2-VL's chat template, reduced to what the runtime supports (system/user/assistant, images, text)
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def train_tokenizer(style: str, vocab_size: int = 512) -> Any:
@@ -45,12 +59,17 @@ def train_tokenizer(style: str, vocab_size: int = 512) -> Any:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=template, special_tokens=[(t, tok.token_to_id(t)) for t in specials if t in template])
+    if template:
+        tok.post_processor = processors.TemplateProcessing(
+            single=template, special_tokens=[(t, tok.token_to_id(t)) for t in specials if t in template])
     names = {"clip": dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                           unk_token="<|endoftext|>"),
-             "siglip": dict(eos_token="</s>", pad_token="<pad>", unk_token="<unk>")}[style]
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=77, **names)
+             "siglip": dict(eos_token="</s>", pad_token="<pad>", unk_token="<unk>"),
+             "qwen2_vl": dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")}[style]
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=77 if template else 1024, **names)
+    if style == "qwen2_vl":
+        wrapped.chat_template = QWEN_CHAT_TEMPLATE
+    return wrapped
 
 
 def clip_bpe_tokenizer() -> Any:
@@ -77,15 +96,18 @@ def _build(family: str, out_dir: Path, seed: int, tokenizer: Any, init_std: floa
     if tokenizer is None:
         tokenizer = train_tokenizer(family, vocab_size=min(int(sizes.get("vocab_size", 512)), 512))
     sizes.setdefault("vocab_size", len(tokenizer))
+    accepted = spec.tiny_config.__code__.co_varnames
     for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
         token_id = getattr(tokenizer, key, None)
-        if token_id is not None and key in spec.tiny_config.__code__.co_varnames:
+        if token_id is not None and key in accepted:
             sizes.setdefault(key, token_id)
+    for key, token in _CONFIG_TOKENS.items():
+        if key in accepted:
+            sizes.setdefault(key, tokenizer.convert_tokens_to_ids(token))
     config = spec.tiny_config(**sizes)
     if init_std is not None:
-        config.initializer_range = init_std
-        config.text_config.initializer_range = init_std
-        config.vision_config.initializer_range = init_std
+        for part in (config, config.text_config, config.vision_config):
+            part.initializer_range = init_std
     torch.manual_seed(seed)
     model = spec.from_config(config)
     model.save_pretrained(str(out_dir))

@@ -41,6 +41,13 @@ class TextTokenizer:
         self._tok.enable_truncation(max_length=config.max_length)
         self.config = config
 
+    def encode_plain(self, text: str) -> list[int]:
+        """One already-templated prompt -> ids, no special tokens added (chat templates carry their own)."""
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Texts -> ``input_ids`` and ``attention_mask`` (int64, [batch, length])."""
         if not texts:

@@ -1,0 +1,161 @@
+"""Qwen2-VL (``Qwen2VLForConditionalGeneration``): dynamic-resolution ViT with 2-D rotary, 2x2 patch merger, and a
+Qwen2 decoder with M-RoPE (3-D positions computed by the runtime)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketvlm.export.families import decoder, vlm_common
+from pocketvlm.export.registry import ComponentDef, FamilySpec, TensorDef, register
+from pocketvlm.export.rewrites import swapped
+
+
+class FullVisionAttention(torch.nn.Module):
+    """The vision attention for one image per call: bidirectional over all its patches.
+
+    HF splits the sequence by ``cu_seqlens`` with ``.tolist()`` (a data-dependent shape); with one image there is one
+    segment, so plain attention is the same math and exports with a dynamic patch count.
+    """
+
+    def __init__(self, attention: torch.nn.Module) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, hidden_states: torch.Tensor, cu_seqlens: Any = None,
+                position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs: Any) -> torch.Tensor:
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+        attn, tokens = self.attention, hidden_states.shape[0]
+        qkv = attn.qkv(hidden_states).reshape(tokens, 3, attn.num_heads, -1).permute(1, 0, 2, 3)
+        query, key, value = qkv.unbind(0)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))  # [heads, tokens, head_dim]
+        weights = torch.softmax(torch.matmul(query, key.transpose(1, 2)) * attn.scaling, dim=-1)
+        return attn.proj(torch.matmul(weights, value).transpose(0, 1).reshape(tokens, -1))
+
+
+class VisionEncoder(torch.nn.Module):
+    """pixel_values [patches, C*T*P*P] + vision_position_ids [patches, 2] (row, col per patch, merge-block order)
+    -> image_embeds [patches / merge^2, text hidden]."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.visual = model.model.visual
+        self.full_attention = torch.nn.ModuleList(FullVisionAttention(b.attn) for b in self.visual.blocks)
+
+    def forward(self, pixel_values: torch.Tensor, vision_position_ids: torch.Tensor) -> torch.Tensor:
+        with contextlib.ExitStack() as stack:
+            for block, attention in zip(self.visual.blocks, self.full_attention):
+                stack.enter_context(swapped(block, "attn", attention))
+            out = self.visual(pixel_values, grid_thw=None, position_ids=vision_position_ids,
+                              cu_seqlens=torch.zeros(2, dtype=torch.int32), max_seqlen=pixel_values.shape[0])
+        return out.pooler_output
+
+
+def vision_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]:
+    vc = config.vision_config
+    patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+    return ((TensorDef("pixel_values", "float32", ("patches", patch_dim)),
+             TensorDef("vision_position_ids", "int64", ("patches", 2))),
+            (TensorDef("image_embeds", "float32", ("image_tokens", config.text_config.hidden_size)),))
+
+
+def vision_example(config: Any) -> dict[str, torch.Tensor]:
+    from transformers.vision_utils import get_vision_position_ids
+
+    vc = config.vision_config
+    grid = torch.tensor([[1, 2 * vc.spatial_merge_size, 3 * vc.spatial_merge_size]])
+    patches = int(grid.prod())
+    generator = torch.Generator().manual_seed(0)
+    return {"pixel_values": torch.randn(patches, vc.in_channels * vc.temporal_patch_size * vc.patch_size**2,
+                                        generator=generator),
+            "vision_position_ids": get_vision_position_ids(grid, vc.spatial_merge_size)}
+
+
+def text_decoder(model: Any) -> torch.nn.Module:
+    layers = model.config.text_config.num_hidden_layers
+    return decoder.CachedTextDecoder(model.model.language_model, model.lm_head, model.config.image_token_id, layers)
+
+
+def load_model(model_dir: Path) -> Any:
+    from transformers import Qwen2VLForConditionalGeneration
+
+    return Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                           attn_implementation="eager", local_files_only=True).eval()
+
+
+def from_config(config: Any) -> Any:
+    from transformers import Qwen2VLForConditionalGeneration
+
+    config._attn_implementation = "eager"
+    return Qwen2VLForConditionalGeneration(config).eval()
+
+
+def tiny_config(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab_size: int = 512,
+                vision_hidden: int = 32, vision_layers: int = 2, initializer_range: float = 0.5,
+                image_token_id: int = 5, vision_start_token_id: int = 3, vision_end_token_id: int = 4,
+                video_token_id: int = 6, eos_token_id: int = 2, pad_token_id: int = 0) -> Any:
+    from transformers import Qwen2VLConfig
+
+    head_dim = hidden // heads
+    section = [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2]
+    section.append(head_dim // 2 - sum(section))
+    return Qwen2VLConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=1024, initializer_range=initializer_range, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "mrope_section": section, "rope_theta": 10000.0},
+                         eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None),
+        vision_config=dict(depth=vision_layers, embed_dim=vision_hidden, hidden_size=hidden, num_heads=2, mlp_ratio=2,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           initializer_range=initializer_range),
+        image_token_id=image_token_id, vision_start_token_id=vision_start_token_id,
+        vision_end_token_id=vision_end_token_id, video_token_id=video_token_id, tie_word_embeddings=True,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+    )
+
+
+def default_processor(config: Any) -> Any:
+    from transformers import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+
+
+def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, Any]:
+    config = model.config
+    processor = vlm_common.image_processor(model_dir, lambda: default_processor(config))
+    size = processor.size
+    image = {"kind": "qwen2_vl", "resample": vlm_common.resample_name(processor),
+             "rescale_factor": float(processor.rescale_factor), "mean": [float(x) for x in processor.image_mean],
+             "std": [float(x) for x in processor.image_std], "patch_size": int(processor.patch_size),
+             "temporal_patch_size": int(processor.temporal_patch_size), "merge_size": int(processor.merge_size),
+             "min_pixels": int(vlm_common.field(size, "shortest_edge")),
+             "max_pixels": int(vlm_common.field(size, "longest_edge"))}
+    special = {"image_token_id": config.image_token_id, "vision_start_token_id": config.vision_start_token_id,
+               "vision_end_token_id": config.vision_end_token_id}
+    return vlm_common.vlm_metadata(model, model_dir, bundle_dir, image, special, position_ids="mrope",
+                                   image_token="<|image_pad|>")
+
+
+SPEC = register(FamilySpec(
+    name="qwen2_vl",
+    model_types=("qwen2_vl",),
+    task="image_text_to_text",
+    components=(
+        ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example,
+                     lambda config: {"patches": (4, 1 << 20), "image_tokens": (1, 1 << 18)}),
+        ComponentDef("text_decoder", text_decoder, lambda c: decoder.decoder_signature(c.text_config, mrope=True),
+                     lambda c: decoder.decoder_example(c.text_config, c.image_token_id, mrope=True),
+                     lambda c: decoder.decoder_bounds(c.text_config)),
+    ),
+    load_model=load_model,
+    tiny_config=tiny_config,
+    from_config=from_config,
+    bundle_metadata=bundle_metadata,
+    default_processor=default_processor,
+))

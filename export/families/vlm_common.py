@@ -1,0 +1,94 @@
+"""Pieces shared by the VLM families: image-processor lookup, chat template and the manifest blocks the runtime's
+``VisionLanguageModel`` reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pocketvlm.export.families.decoder import kv_shape
+from pocketvlm.export.tokenizer import load_hf_tokenizer, write_tokenizer
+from pocketvlm.runtime.errors import TokenizerError
+from pocketvlm.runtime.image import RESAMPLE_NAMES
+from pocketvlm.runtime.text import TextConfig
+
+CHAT_TEMPLATE = "chat_template.jinja"
+
+
+def field(size: Any, key: str) -> Any:
+    """transformers 5 keeps sizes as a SizeDict dataclass; older configs as plain dicts."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def resample_name(processor: Any) -> str:
+    return RESAMPLE_NAMES[int(processor.resample)]
+
+
+def image_processor(model_dir: Path, default: Callable[[], Any]) -> Any:
+    from transformers import AutoImageProcessor
+
+    if (model_dir / "preprocessor_config.json").is_file():
+        return AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
+    return default()
+
+
+def chat_template(model_dir: Path, tokenizer: Any) -> str:
+    """The checkpoint's chat template: chat_template.jinja, the processor's chat_template.json, or the tokenizer's."""
+    if (model_dir / CHAT_TEMPLATE).is_file():
+        return (model_dir / CHAT_TEMPLATE).read_text(encoding="utf-8")
+    if (model_dir / "chat_template.json").is_file():
+        return json.loads((model_dir / "chat_template.json").read_text(encoding="utf-8"))["chat_template"]
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template:
+        return template
+    raise TokenizerError(f"{model_dir} has no chat template", f"add {CHAT_TEMPLATE} to the checkpoint directory")
+
+
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    found = []
+    for source in (getattr(model, "generation_config", None), model.config, getattr(model.config, "text_config", None)):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        found += value if isinstance(value, list) else [value]
+    found.append(tokenizer.eos_token_id)
+    return sorted({int(v) for v in found if v is not None})
+
+
+def vlm_metadata(model: Any, model_dir: Path, bundle_dir: Path, image: dict[str, Any], special: dict[str, int],
+                 position_ids: str, image_token: str) -> dict[str, Any]:
+    tokenizer = load_hf_tokenizer(model_dir)
+    ids = write_tokenizer(tokenizer, bundle_dir / "tokenizer.json")
+    (bundle_dir / CHAT_TEMPLATE).write_text(chat_template(model_dir, tokenizer), encoding="utf-8")
+    text_config = getattr(model.config, "text_config", model.config)
+    layers, kv_heads, head_dim = kv_shape(text_config)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False) or getattr(text_config, "tie_word_embeddings",
+                                                                               False))
+    max_context = int(getattr(text_config, "max_position_embeddings", 32768))
+    text = TextConfig(file="tokenizer.json", max_length=max_context, padding="longest",
+                      pad_token_id=int(ids["pad_token_id"] or 0))
+    return {
+        "task": "image_text_to_text",
+        "preprocessing": {"image": image},
+        "tokenizer": text.to_json(),
+        "chat_template": CHAT_TEMPLATE,
+        "special_tokens": {**ids, **special, "image_token": image_token},
+        "generation": {"eos_token_ids": eos_ids(model, tokenizer), "max_context": max_context},
+        "decoder": {
+            "position_ids": position_ids,
+            "mrope_section": list((getattr(text_config, "rope_parameters", None) or {}).get("mrope_section") or []),
+            "num_layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
+            "hidden_size": int(text_config.hidden_size), "vocab_size": int(text_config.vocab_size),
+            "logits": "last position only",
+            "kv_cache": "runtime-owned fixed buffer per layer; inputs past_* = whole buffer, outputs present_* = new "
+                        "entries only; attention_mask marks filled slots then the new tokens",
+        },
+        "embeddings": {
+            "tied": tied,
+            "storage": "text_decoder",
+            "how": "the text_decoder takes input_ids, gathers from its own embedding table and merges image_embeds at "
+                   "image-token positions; with tied embeddings the same initializer feeds the Gather and the LM "
+                   "head MatMul (a block-quantized table is shared by GatherBlockQuantized and MatMulNBits), so the "
+                   "table is stored once and there is no separate token_embedding component",
+        },
+    }

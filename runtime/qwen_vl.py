@@ -1,0 +1,90 @@
+"""Qwen2-VL image preprocessing and M-RoPE positions, equal to transformers' ``Qwen2VLImageProcessor`` (PIL backend)
+and ``Qwen2VLModel.get_rope_index``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pocketvlm.runtime.errors import ImageError
+from pocketvlm.runtime.image import RESAMPLE, to_rgb
+
+
+@dataclass(frozen=True)
+class QwenImage:
+    pixel_values: np.ndarray  # [patches, C * T * P * P] float32
+    vision_position_ids: np.ndarray  # [patches, 2] int64 (row, col), merge-block order
+    grid: tuple[int, int]  # (patch rows, patch cols)
+    merge_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] // self.merge_size**2
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Both sides a multiple of ``factor``, area within [min_pixels, max_pixels], aspect ratio kept."""
+    if max(height, width) / min(height, width) > 200:
+        raise ImageError(f"image aspect ratio {max(height, width) / min(height, width):.0f}:1 is over 200:1",
+                         "crop the image to a less extreme shape")
+    new_h, new_w = round(height / factor) * factor, round(width / factor) * factor
+    if new_h * new_w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        new_h = max(factor, math.floor(height / beta / factor) * factor)
+        new_w = max(factor, math.floor(width / beta / factor) * factor)
+    elif new_h * new_w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        new_h, new_w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return new_h, new_w
+
+
+def vision_position_ids(rows: int, cols: int, merge: int) -> np.ndarray:
+    """(row, col) of every patch, ordered merge-block by merge-block as the patches are."""
+    row_ids = np.broadcast_to(np.arange(rows)[:, None], (rows, cols))
+    col_ids = np.broadcast_to(np.arange(cols)[None, :], (rows, cols))
+
+    def blocks(ids: np.ndarray) -> np.ndarray:
+        return ids.reshape(rows // merge, merge, cols // merge, merge).transpose(0, 2, 1, 3).reshape(-1)
+
+    return np.stack([blocks(row_ids), blocks(col_ids)], axis=-1).astype(np.int64)
+
+
+def preprocess(image: Image.Image, config: dict[str, Any]) -> QwenImage:
+    patch, merge, temporal = config["patch_size"], config["merge_size"], config["temporal_patch_size"]
+    rgb = to_rgb(image)
+    height, width = smart_resize(rgb.height, rgb.width, patch * merge, config["min_pixels"], config["max_pixels"])
+    array = np.asarray(rgb.resize((width, height), resample=RESAMPLE[config["resample"]]))
+    scaled = (array.astype(np.float64) * config["rescale_factor"]).astype(np.float32)
+    normalized = (scaled - np.asarray(config["mean"], np.float32)) / np.asarray(config["std"], np.float32)
+    chw = normalized.transpose(2, 0, 1)
+    rows, cols = height // patch, width // patch
+    patches = chw.reshape(3, rows // merge, merge, patch, cols // merge, merge, patch)
+    patches = patches.transpose(1, 4, 2, 5, 0, 3, 6)  # block row, block col, row in block, col in block, C, P, P
+    patches = np.broadcast_to(patches[:, :, :, :, :, None], (*patches.shape[:5], temporal, patch, patch))
+    flat = np.ascontiguousarray(patches.reshape(rows * cols, 3 * temporal * patch * patch), dtype=np.float32)
+    return QwenImage(flat, vision_position_ids(rows, cols, merge), (rows, cols), merge)
+
+
+def mrope_positions(input_ids: np.ndarray, image_token_id: int, images: list[QwenImage]) -> tuple[np.ndarray, int]:
+    """[3, 1, seq] positions for one prompt and the delta that decode steps add to their 1-D position."""
+    positions = np.zeros((3, len(input_ids)), dtype=np.int64)
+    cursor, index, pending = 0, 0, iter(images)
+    while index < len(input_ids):
+        if input_ids[index] == image_token_id:
+            image = next(pending)
+            rows, cols = image.grid[0] // image.merge_size, image.grid[1] // image.merge_size
+            positions[0, index : index + rows * cols] = cursor
+            positions[1, index : index + rows * cols] = cursor + np.repeat(np.arange(rows), cols)
+            positions[2, index : index + rows * cols] = cursor + np.tile(np.arange(cols), rows)
+            index += rows * cols
+            cursor += max(rows, cols)
+        else:
+            positions[:, index] = cursor
+            cursor += 1
+            index += 1
+    delta = int(positions.max()) + 1 - len(input_ids) if len(input_ids) else 0
+    return positions[:, None, :], delta

@@ -1,0 +1,147 @@
+"""Captioning and question answering over a VLM bundle (``vision_encoder`` + ``text_decoder``), any backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from pocketvlm.runtime import qwen_vl
+from pocketvlm.runtime.backends import Session, open_session
+from pocketvlm.runtime.errors import BundleError, InputError
+from pocketvlm.runtime.generation import GenerationConfig, KVCache, Sampler
+from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from pocketvlm.runtime.manifest import Bundle, load_bundle
+from pocketvlm.runtime.text import TextConfig, TextTokenizer
+
+DEFAULT_CAPTION_PROMPT = "Describe this image."
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    stop_reason: str  # "eos" | "stop_token" | "max_new_tokens"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class VisionLanguageModel:
+    def __init__(self, bundle: Bundle, sessions: dict[str, Session], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        manifest = bundle.manifest
+        if manifest.get("task") != "image_text_to_text":
+            raise BundleError(f"bundle {bundle.path} is a {manifest.get('task')} bundle, not a VLM",
+                              "use caption/ask with a VLM bundle (qwen2_vl, ...)")
+        self.bundle, self.sessions, self.max_pixels = bundle, sessions, max_pixels
+        self.image_config = manifest["preprocessing"]["image"]
+        if self.image_config["kind"] != "qwen2_vl":
+            raise BundleError(f"image preprocessing '{self.image_config['kind']}' is not supported by this runtime",
+                              "upgrade pocketvlm")
+        text_config = TextConfig.from_json(manifest["tokenizer"])
+        self.tokenizer = TextTokenizer(bundle.file(text_config.file), text_config)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        self.template = env.from_string(bundle.file(manifest["chat_template"]).read_text(encoding="utf-8"))
+        self.special = manifest["special_tokens"]
+        self.decoder = manifest["decoder"]
+        self.eos_ids = set(manifest["generation"]["eos_token_ids"])
+        self.max_context = int(manifest["generation"]["max_context"])
+
+    @classmethod
+    def load(cls, path: Path | str, providers: dict[str, list[str]] | None = None, threads: int = 0,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> VisionLanguageModel:
+        """``providers`` may differ per component (e.g. the vision side on an NPU provider, the decoder on CPU)."""
+        bundle = load_bundle(path)
+        for name in ("vision_encoder", "text_decoder"):
+            bundle.component(name)
+        sessions = {name: open_session(bundle, name, (providers or {}).get(name), threads)
+                    for name in ("vision_encoder", "text_decoder")}
+        return cls(bundle, sessions, max_pixels=max_pixels)
+
+    # -- prompt ------------------------------------------------------------------------------------------------------
+    def render(self, prompt: str, with_image: bool = True) -> str:
+        content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
+        content.append({"type": "text", "text": prompt})
+        try:
+            return self.template.render(messages=[{"role": "user", "content": content}], add_generation_prompt=True)
+        except jinja2.TemplateError as exc:
+            raise BundleError(f"the bundle's chat template failed: {exc}", "re-export with a valid chat template") from exc
+
+    def prepare(self, image: ImageInput, prompt: str) -> tuple[np.ndarray, qwen_vl.QwenImage]:
+        """Prompt + image -> input_ids (image placeholder expanded to the image's token count) and vision inputs."""
+        if not prompt.strip():
+            raise InputError("the prompt is empty", "pass a question or instruction")
+        processed = qwen_vl.preprocess(load_image(image, self.max_pixels), self.image_config)
+        text = self.render(prompt).replace(self.special["image_token"],
+                                           self.special["image_token"] * processed.num_tokens)
+        ids = np.asarray(self.tokenizer.encode_plain(text), dtype=np.int64)
+        return ids, processed
+
+    # -- generation ----------------------------------------------------------------------------------------------------
+    def encode_image(self, processed: qwen_vl.QwenImage) -> np.ndarray:
+        return self.sessions["vision_encoder"].run({"pixel_values": processed.pixel_values,
+                                                    "vision_position_ids": processed.vision_position_ids})["image_embeds"]
+
+    def generate_ids(self, input_ids: np.ndarray, processed: qwen_vl.QwenImage, config: GenerationConfig,
+                     on_token: Callable[[int], None] | None = None) -> GenerationResult:
+        if len(input_ids) + config.max_new_tokens > self.max_context:
+            raise InputError(f"prompt of {len(input_ids)} tokens + {config.max_new_tokens} new tokens exceeds the "
+                             f"model's context of {self.max_context}", "shorten the prompt or lower --max-new-tokens")
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        image_embeds = self.encode_image(processed)
+        timings["image_encode_s"] = time.perf_counter() - started
+        positions, delta = qwen_vl.mrope_positions(input_ids, self.special["image_token_id"], [processed])
+        cache = KVCache(self.decoder["num_layers"], self.decoder["kv_heads"], self.decoder["head_dim"],
+                        len(input_ids) + config.max_new_tokens)
+        sampler, stops = Sampler(config), self.eos_ids | set(config.stop_token_ids)
+        decoder = self.sessions["text_decoder"]
+        step_ids, step_positions, tokens, reason = input_ids[None, :], positions, [], "max_new_tokens"
+        started = time.perf_counter()
+        while len(tokens) < config.max_new_tokens:
+            new = step_ids.shape[1]
+            outputs = decoder.run({"input_ids": step_ids, "image_embeds": image_embeds, "position_ids": step_positions,
+                                   "attention_mask": cache.attention_mask(new), **cache.buffers})
+            cache.append(outputs, new)
+            if not tokens:
+                timings["prefill_s"] = time.perf_counter() - started
+                image_embeds = image_embeds[:1]  # decode steps carry no image tokens; the graph needs one row
+                started = time.perf_counter()
+            token = sampler(outputs["logits"][0])
+            tokens.append(token)
+            if on_token:
+                on_token(token)
+            if token in stops:
+                reason = "eos" if token in self.eos_ids else "stop_token"
+                break
+            step_ids = np.array([[token]], dtype=np.int64)
+            step_positions = np.full((3, 1, 1), cache.filled + delta, dtype=np.int64)
+        timings["decode_s"] = time.perf_counter() - started
+        timings["decode_tokens"] = max(len(tokens) - 1, 0)
+        text = self.tokenizer.decode([t for t in tokens if t not in stops])
+        return GenerationResult(text, tokens, len(input_ids), reason, timings)
+
+    def generate(self, image: ImageInput, prompt: str = DEFAULT_CAPTION_PROMPT, config: GenerationConfig | None = None,
+                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
+        """Caption or answer; ``on_text`` receives the text as it grows (complete characters only)."""
+        input_ids, processed = self.prepare(image, prompt)
+        config = config or GenerationConfig()
+        emitted, ids = "", []
+        stops = self.eos_ids | set(config.stop_token_ids)
+
+        def stream(token: int) -> None:
+            nonlocal emitted
+            if on_text is None or token in stops:
+                return
+            ids.append(token)
+            text = self.tokenizer.decode(ids)
+            if not text.endswith("\ufffd") and len(text) > len(emitted):
+                on_text(text[len(emitted):])
+                emitted = text
+
+        return self.generate_ids(input_ids, processed, config, on_token=stream)
