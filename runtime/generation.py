@@ -21,7 +21,8 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}", "pass --max-new-tokens 1 or more")
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}",
+                             "pass --max-new-tokens 1 or more")
         if self.temperature <= 0:
             raise InputError(f"temperature must be > 0, got {self.temperature}", "use do_sample=False for greedy")
         if not 0 < self.top_p <= 1:

@@ -70,7 +70,8 @@ class VisionLanguageModel:
         try:
             return self.template.render(messages=[{"role": "user", "content": content}], add_generation_prompt=True)
         except jinja2.TemplateError as exc:
-            raise BundleError(f"the bundle's chat template failed: {exc}", "re-export with a valid chat template") from exc
+            raise BundleError(f"the bundle's chat template failed: {exc}",
+                              "re-export with a valid chat template") from exc
 
     def prepare(self, image: ImageInput, prompt: str) -> tuple[np.ndarray, qwen_vl.QwenImage]:
         """Prompt + image -> input_ids (image placeholder expanded to the image's token count) and vision inputs."""
@@ -84,8 +85,8 @@ class VisionLanguageModel:
 
     # -- generation ----------------------------------------------------------------------------------------------------
     def encode_image(self, processed: qwen_vl.QwenImage) -> np.ndarray:
-        return self.sessions["vision_encoder"].run({"pixel_values": processed.pixel_values,
-                                                    "vision_position_ids": processed.vision_position_ids})["image_embeds"]
+        feeds = {"pixel_values": processed.pixel_values, "vision_position_ids": processed.vision_position_ids}
+        return self.sessions["vision_encoder"].run(feeds)["image_embeds"]
 
     def generate_ids(self, input_ids: np.ndarray, processed: qwen_vl.QwenImage, config: GenerationConfig,
                      on_token: Callable[[int], None] | None = None) -> GenerationResult:

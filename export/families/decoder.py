@@ -30,7 +30,7 @@ class CachedTextDecoder(torch.nn.Module):
         self.num_layers = num_layers
 
     def merge_image_embeds(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        """Embed tokens and put image rows at image-token positions, in order, batch-major (no data-dependent shapes)."""
+        """Embed tokens; put image rows at image-token positions in order, batch-major (no data-dependent shapes)."""
         embeds = self.language_model.embed_tokens(input_ids)
         is_image = input_ids == self.image_token_id
         counts = is_image.to(torch.int64).sum(-1)
