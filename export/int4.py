@@ -4,7 +4,7 @@ scales.
 Round-to-nearest with an abs-max scale (the ORT default) wastes part of the 16 levels on one outlier per block.
 Here each block of ``block_size`` weights along K picks, among a small grid of candidate scales (both signs, so the
 largest magnitude can land on the -8 level), the one with the least squared reconstruction error. Same format, same
-kernels, same size; measured lower error (see tests/test_int4.py). Symmetric: q in [0, 2^bits), zero point 2^(bits-1).
+kernels, same size; measured lower error (see tests/test_quantization.py). Symmetric: q in [0, 2^bits), zero point 2^(bits-1).
 """
 
 from __future__ import annotations
@@ -68,18 +68,25 @@ def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits
             users[name] = users.get(name, 0) + 1
     rewritten, nodes = 0, []
     for node in model.graph.node:
-        init = initializers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if init is None or len(init.dims) != 2 or init.data_type != onnx.TensorProto.FLOAT or init.dims[0] < block_size:
+        weight_name, bias = _weight_operand(node)
+        init = initializers.get(weight_name) if weight_name else None
+        if init is None or len(init.dims) != 2 or init.data_type != onnx.TensorProto.FLOAT:
             nodes.append(node)
             continue
         weight = numpy_helper.to_array(init)
+        if node.op_type == "Gemm" and _attr(node, "transB", 0):
+            weight = weight.T  # Gemm(transB=1) keeps nn.Linear's [out, in]
         k, n = weight.shape
+        if k < block_size:
+            nodes.append(node)
+            continue
         width = first_bits if (rewritten == 0 and first_bits) else bits
         packed, scales = quantize_blocks(weight, block_size, width)
         base = f"{node.name or init.name}_q{width}"
         model.graph.initializer.extend([numpy_helper.from_array(packed, f"{base}_B"),
                                         numpy_helper.from_array(scales.reshape(-1), f"{base}_scales")])
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], f"{base}_B", f"{base}_scales"], list(node.output),
+        inputs = [node.input[0], f"{base}_B", f"{base}_scales"] + (["", "", bias] if bias else [])
+        nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output),
                                       name=base, domain="com.microsoft", K=k, N=n, bits=width, block_size=block_size,
                                       accuracy_level=accuracy_level))
         users[init.name] -= 1
@@ -92,3 +99,75 @@ def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits
     if rewritten and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return rewritten
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _weight_operand(node: Any) -> tuple[str | None, str | None]:
+    """(weight, bias) of a MatMul, or of a Gemm that is a plain linear layer (2-D nn.Linear exports as Gemm)."""
+    if node.op_type == "MatMul" and len(node.input) == 2:
+        return node.input[1], None
+    if node.op_type == "Gemm" and not _attr(node, "transA", 0) and _attr(node, "alpha", 1.0) == 1.0 \
+            and _attr(node, "beta", 1.0) == 1.0:
+        return node.input[1], node.input[2] if len(node.input) > 2 and node.input[2] else None
+    return None, None
+
+
+def quantize_tied_table(model: Any, block_size: int = 32, bits: int = 8) -> bool:
+    """A table used by both a Gather (token embedding) and, transposed, a MatMul (tied LM head) becomes one
+    block-quantized initializer read by ``GatherBlockQuantized`` and ``MatMulNBits``: stored once, at ``bits``."""
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    gathers = {n.input[0]: n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in initializers}
+    transposes = {n.output[0]: n for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in gathers}
+    heads = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in transposes]
+    if len(heads) != 1:
+        return False
+    head = heads[0]
+    transpose = transposes[head.input[1]]
+    gather = gathers[transpose.input[0]]
+    table = numpy_helper.to_array(initializers[gather.input[0]])  # [vocab, hidden]
+    vocab, hidden = table.shape
+    if hidden % block_size:
+        return False
+    packed, scales = quantize_blocks(table.T.copy(), block_size, bits)  # blocks run along hidden
+    name = f"{gather.input[0]}_q{bits}"
+    new_inits = [numpy_helper.from_array(packed, name), numpy_helper.from_array(scales.reshape(-1), f"{name}_scales"),
+                 numpy_helper.from_array(scales[..., None], f"{name}_scales3"),
+                 numpy_helper.from_array(np.array([hidden], np.int64), f"{name}_hidden")]
+    gather_inputs = [name, gather.input[1], f"{name}_scales3"]
+    if bits == 8:
+        new_inits.append(numpy_helper.from_array(np.full(scales[..., None].shape, 128, np.uint8), f"{name}_zero"))
+        gather_inputs.append(f"{name}_zero")
+    blocks_out = f"{gather.output[0]}_blocks"
+    replacement = {
+        id(gather): [
+            helper.make_node("GatherBlockQuantized", gather_inputs, [blocks_out], name=f"{name}_gather",
+                             domain="com.microsoft", gather_axis=0, quantize_axis=2,
+                             block_size=block_size, bits=bits),
+            # [..., blocks, block_size] -> [..., hidden]
+            helper.make_node("Shape", [gather.input[1]], [f"{name}_ids_shape"]),
+            helper.make_node("Concat", [f"{name}_ids_shape", f"{name}_hidden"], [f"{name}_out_shape"], axis=0),
+            helper.make_node("Reshape", [blocks_out, f"{name}_out_shape"], list(gather.output)),
+        ],
+        id(transpose): [],
+        id(head): [helper.make_node("MatMulNBits", [head.input[0], name, f"{name}_scales"], list(head.output),
+                                    name=f"{name}_lm_head", domain="com.microsoft", K=hidden, N=vocab, bits=bits,
+                                    block_size=block_size)],
+    }
+    nodes = [new for node in model.graph.node for new in replacement.get(id(node), [node])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.remove(initializers[gather.input[0]])
+    model.graph.initializer.extend(new_inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return True

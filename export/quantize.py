@@ -34,6 +34,10 @@ class QuantSpec:
     block_size: int = 32
     embedding_bits: int = 8
     first_layer_bits: int = 8
+    # int8 weights with float activations (MatMulNBits, 8 bits) instead of dynamic W8A8. None: by component, on for
+    # text_decoder (memory-bound decode; activation outliers make per-tensor dynamic W8A8 lose accuracy), off for
+    # encoders (compute-bound; integer kernels pay off).
+    int8_weight_only: bool | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -47,12 +51,21 @@ class QuantSpec:
         if self.first_layer_bits not in (4, 8):
             raise QuantizationError(f"first_layer_bits {self.first_layer_bits} unsupported", "use 8 (default) or 4")
 
+    def resolved(self, component: str) -> QuantSpec:
+        if self.int8_weight_only is None:
+            return replace(self, int8_weight_only=component == "text_decoder")
+        return self
+
     def record(self) -> dict[str, Any]:
         """The manifest's per-component ``quantization`` block."""
         if self.method == "fp32":
             return {"method": "fp32", "weights": "float32", "activations": "float32"}
         if self.method == "fp16":
             return {"method": "fp16", "weights": "float16", "activations": "float16", "io": "float32"}
+        if self.method == "int8" and self.int8_weight_only:
+            return {"method": "int8", "weights": "int8 block-wise symmetric, MSE-searched scales (MatMulNBits)",
+                    "activations": "float32", "op_types": ["MatMul", "Gemm", "Gather"], "block_size": self.block_size,
+                    "symmetric": True, "embedding_bits": self.embedding_bits}
         if self.method == "int8":
             return {"method": "int8", "weights": "int8 per-channel (MatMul), uint8 (Gather)",
                     "activations": "uint8 dynamic per-tensor", "op_types": ["MatMul", "Gather"]}
@@ -67,7 +80,7 @@ class QuantConfig:
     components: dict[str, QuantSpec] = field(default_factory=dict)
 
     def for_component(self, name: str) -> QuantSpec:
-        return self.components.get(name, self.default)
+        return self.components.get(name, self.default).resolved(name)
 
     def to_json(self) -> dict[str, Any]:
         return {"default": asdict(self.default), "components": {k: asdict(v) for k, v in self.components.items()}}
@@ -140,10 +153,20 @@ def _quantize(model: Any, dst: Path, spec: QuantSpec) -> None:
 
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
         onnx.save(model, str(dst))
-    elif spec.method == "int8":
-        _int8(model, dst, gather=True)
     else:
-        _int4(model, dst, spec)
+        from pocketvlm.export.int4 import quantize_tied_table
+
+        # A tied embedding / LM-head table stays one 8-bit initializer shared by both ops (embedding_bits).
+        quantize_tied_table(model, block_size=spec.block_size, bits=spec.embedding_bits)
+        if spec.method == "int8" and spec.int8_weight_only:
+            from pocketvlm.export.int4 import matmuls_to_nbits
+
+            matmuls_to_nbits(model, block_size=spec.block_size, bits=8)
+            onnx.save(model, str(dst))
+        elif spec.method == "int8":
+            _int8(model, dst, gather=True)
+        else:
+            _int4(model, dst, spec)
 
 
 def _int8(model: Any, dst: Path, gather: bool) -> None:

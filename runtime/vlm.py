@@ -28,16 +28,14 @@ class GenerationResult:
     text: str
     token_ids: list[int]
     prompt_tokens: int
-    stop_reason: str  # "eos" | "stop_token" | "max_new_tokens"
+    stop_reason: str  # "eos" | "stop_token" | "max_new_tokens" | "forced"
     timings: dict[str, float] = field(default_factory=dict)
+    logits: list[np.ndarray] | None = None  # per step, when teacher-forced
 
 
 class VisionLanguageModel:
     def __init__(self, bundle: Bundle, sessions: dict[str, Session], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         manifest = bundle.manifest
-        if manifest.get("task") != "image_text_to_text":
-            raise BundleError(f"bundle {bundle.path} is a {manifest.get('task')} bundle, not a VLM",
-                              "use caption/ask with a VLM bundle (qwen2_vl, ...)")
         self.bundle, self.sessions, self.max_pixels = bundle, sessions, max_pixels
         self.image_config = manifest["preprocessing"]["image"]
         if self.image_config["kind"] != "qwen2_vl":
@@ -57,6 +55,9 @@ class VisionLanguageModel:
              max_pixels: int = DEFAULT_MAX_PIXELS) -> VisionLanguageModel:
         """``providers`` may differ per component (e.g. the vision side on an NPU provider, the decoder on CPU)."""
         bundle = load_bundle(path)
+        if bundle.manifest.get("task") != "image_text_to_text":
+            raise BundleError(f"bundle {bundle.path} is a {bundle.manifest.get('task')} bundle, not a VLM",
+                              "use caption/ask with a VLM bundle (qwen2_vl, ...)")
         for name in ("vision_encoder", "text_decoder"):
             bundle.component(name)
         sessions = {name: open_session(bundle, name, (providers or {}).get(name), threads)
@@ -89,7 +90,10 @@ class VisionLanguageModel:
         return self.sessions["vision_encoder"].run(feeds)["image_embeds"]
 
     def generate_ids(self, input_ids: np.ndarray, processed: qwen_vl.QwenImage, config: GenerationConfig,
-                     on_token: Callable[[int], None] | None = None) -> GenerationResult:
+                     on_token: Callable[[int], None] | None = None,
+                     forced: list[int] | None = None) -> GenerationResult:
+        """Generate from prepared inputs. With ``forced`` tokens (teacher forcing), each step feeds the forced token
+        instead of the chosen one, never stops early, and the result carries every step's logits."""
         if len(input_ids) + config.max_new_tokens > self.max_context:
             raise InputError(f"prompt of {len(input_ids)} tokens + {config.max_new_tokens} new tokens exceeds the "
                              f"model's context of {self.max_context}", "shorten the prompt or lower --max-new-tokens")
@@ -103,6 +107,7 @@ class VisionLanguageModel:
         sampler, stops = Sampler(config), self.eos_ids | set(config.stop_token_ids)
         decoder = self.sessions["text_decoder"]
         step_ids, step_positions, tokens, reason = input_ids[None, :], positions, [], "max_new_tokens"
+        all_logits: list[np.ndarray] = []
         started = time.perf_counter()
         while len(tokens) < config.max_new_tokens:
             new = step_ids.shape[1]
@@ -117,7 +122,13 @@ class VisionLanguageModel:
             tokens.append(token)
             if on_token:
                 on_token(token)
-            if token in stops:
+            if forced is not None:
+                all_logits.append(outputs["logits"][0].copy())
+                if len(tokens) >= len(forced):
+                    reason = "forced"
+                    break
+                token = forced[len(tokens) - 1]
+            elif token in stops:
                 reason = "eos" if token in self.eos_ids else "stop_token"
                 break
             step_ids = np.array([[token]], dtype=np.int64)
@@ -125,7 +136,7 @@ class VisionLanguageModel:
         timings["decode_s"] = time.perf_counter() - started
         timings["decode_tokens"] = max(len(tokens) - 1, 0)
         text = self.tokenizer.decode([t for t in tokens if t not in stops])
-        return GenerationResult(text, tokens, len(input_ids), reason, timings)
+        return GenerationResult(text, tokens, len(input_ids), reason, timings, all_logits if forced else None)
 
     def generate(self, image: ImageInput, prompt: str = DEFAULT_CAPTION_PROMPT, config: GenerationConfig | None = None,
                  on_text: Callable[[str], None] | None = None) -> GenerationResult:

@@ -1,0 +1,103 @@
+"""VLM export and runtime: greedy generation equal to transformers generate(), quantized logits, tied storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from pocketvlm.export.vlm_parity import vlm_parity
+from pocketvlm.runtime import errors
+from pocketvlm.runtime.generation import GenerationConfig
+from pocketvlm.runtime.manifest import load_bundle
+from pocketvlm.runtime.vlm import VisionLanguageModel
+
+VLM_FAMILIES = ("qwen2_vl",)
+
+
+def two_sizes(photos):
+    """A square and a non-square image, small enough for tiny configs."""
+    return {"astronaut-140": photos["astronaut"].resize((140, 140)),
+            "coffee-150x100": photos["coffee"].resize((150, 100))}
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_fp32_greedy_equals_transformers_generate(workspace, photos, family):
+    report = vlm_parity(workspace.bundle(family, "fp32", "varied"), workspace.checkpoint(family, "varied"),
+                        photos=two_sizes(photos), steps=16)
+    grids = set()
+    for row in report["photos"]:
+        assert row["greedy"]["equal"], row["greedy"]
+        assert len(row["greedy"]["reference"]) == 16
+        assert len(set(row["greedy"]["reference"])) > 3, "the tiny model should generate varied tokens"
+        assert row["vision_encoder"]["cosine_min"] > 0.99999
+        grids.add(row["image_tokens"])
+    assert len(grids) == 2
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+@pytest.mark.parametrize(("quant", "min_cosine"), [("int8", 0.99), ("int4", 0.97)])
+def test_quantized_teacher_forced_logits(workspace, photos, family, quant, min_cosine):
+    report = vlm_parity(workspace.bundle(family, quant, "standard"), workspace.checkpoint(family, "standard"),
+                        photos=two_sizes(photos), steps=16)
+    for row in report["photos"]:
+        assert len(row["logits"]["per_step_cosine"]) == 16
+        assert min(row["logits"]["per_step_cosine"]) >= min_cosine, row["logits"]
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int8", "int4"])
+def test_tied_embedding_table_is_stored_once(workspace, quant):
+    bundle = load_bundle(workspace.bundle("qwen2_vl", quant, "standard"))
+    manifest = bundle.manifest
+    assert manifest["embeddings"]["tied"] and manifest["embeddings"]["storage"] == "text_decoder"
+    assert set(bundle.components) == {"vision_encoder", "text_decoder"}
+    vocab, hidden = manifest["decoder"]["vocab_size"], manifest["decoder"]["hidden_size"]
+    graph = onnx.load(str(bundle.file("text_decoder.onnx"))).graph
+    table_bytes = vocab * hidden * (4 if quant == "fp32" else 1)  # fp32, or the shared 8-bit table
+    vocab_sized = [i for i in graph.initializer if vocab in i.dims]
+    tables = [i for i in vocab_sized if len(i.raw_data) >= 0.9 * table_bytes]
+    assert len(tables) == 1, [(t.name, list(t.dims)) for t in tables]
+    # the table plus its block scales / zero points: no second copy for the LM head
+    assert sum(len(i.raw_data) for i in vocab_sized) <= 1.2 * table_bytes
+
+
+def test_runtime_generation_features(workspace, photos):
+    model = VisionLanguageModel.load(workspace.bundle("qwen2_vl", "fp32", "varied"))
+    image = photos["chelsea"].resize((120, 90))
+    pieces = []
+    result = model.generate(image, "Describe this image.", GenerationConfig(max_new_tokens=8), on_text=pieces.append)
+    assert "".join(pieces) == result.text
+    assert result.prompt_tokens > 10 and 1 <= len(result.token_ids) <= 8
+    assert {"image_encode_s", "prefill_s", "decode_s"} <= result.timings.keys()
+    sampled = [model.generate(image, "Describe.", GenerationConfig(max_new_tokens=8, do_sample=True, temperature=0.8,
+                                                                   top_k=20, top_p=0.9, seed=7)).token_ids
+               for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    stop = result.token_ids[2]
+    stopped = model.generate(image, "Describe this image.", GenerationConfig(max_new_tokens=8, stop_token_ids=(stop,)))
+    assert stopped.token_ids[-1] == stop and stopped.stop_reason == "stop_token"
+
+
+def test_vlm_bad_inputs(workspace, photos, tmp_path):
+    model = VisionLanguageModel.load(workspace.bundle("qwen2_vl", "fp32", "varied"))
+    image = photos["coffee"].resize((100, 80))
+    with pytest.raises(errors.InputError, match="exceeds the model's context"):
+        model.generate(image, "why " * 2000, GenerationConfig(max_new_tokens=4))
+    with pytest.raises(errors.InputError, match="empty"):
+        model.generate(image, "  ")
+    with pytest.raises(errors.ImageError, match="aspect ratio"):
+        model.generate(photos["coffee"].resize((600, 2)), "hi")
+    with pytest.raises(errors.InputError):
+        GenerationConfig(max_new_tokens=0)
+    with pytest.raises(errors.BundleError, match="not a VLM"):
+        VisionLanguageModel.load(workspace.bundle("clip", "fp32"))
+    import json
+    import shutil
+
+    broken = tmp_path / "no-vision"
+    shutil.copytree(workspace.bundle("qwen2_vl", "fp32", "varied"), broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["components"]["vision_encoder"]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(errors.BundleError, match="has no component 'vision_encoder'"):
+        VisionLanguageModel.load(broken)
