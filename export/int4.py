@@ -4,7 +4,8 @@ scales.
 Round-to-nearest with an abs-max scale (the ORT default) wastes part of the 16 levels on one outlier per block.
 Here each block of ``block_size`` weights along K picks, among a small grid of candidate scales (both signs, so the
 largest magnitude can land on the -8 level), the one with the least squared reconstruction error. Same format, same
-kernels, same size; measured lower error (see tests/test_quantization.py). Symmetric: q in [0, 2^bits), zero point 2^(bits-1).
+kernels, same size; measured lower error (see tests/test_quantization.py).
+Symmetric: q in [0, 2^bits), zero point 2^(bits-1).
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def _vlm_parity(bundle_dir: Path, model_dir: Path, photos: dict[str, Any] | None
                                      forced=ref_tokens)
         got_logits = np.stack(forced.logits)
         cosines = Comparison.of(ref_logits, got_logits)
-        per_step = [Comparison.of(ref_logits[i : i + 1], got_logits[i : i + 1]).cosine_min for i in range(len(ref_logits))]
+        per_step = [Comparison.of(ref_logits[i : i + 1], got_logits[i : i + 1]).cosine_min
+                    for i in range(len(ref_logits))]
         same = [a == b for a, b in zip(greedy.token_ids, ref_tokens)]
         rows.append({
             "photo": name, "image_tokens": processed.num_tokens, "prompt_tokens": int(len(input_ids)),
