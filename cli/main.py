@@ -12,6 +12,8 @@ SUBCOMMANDS = {
     "export": "export a Hugging Face checkpoint directory to a quantized bundle",
     "classify": "zero-shot classify images with a CLIP/SigLIP bundle",
     "embed": "L2-normalised image or text embeddings from a bundle",
+    "caption": "caption an image with a VLM bundle, streaming the text",
+    "ask": "answer a question about an image with a VLM bundle",
     "parity": "per-component report of a bundle against its source checkpoint",
     "demo": "export and run the embedded default model end to end (offline)",
 }

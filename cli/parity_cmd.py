@@ -16,15 +16,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optional = parser.add_argument_group("optional")
     optional.add_argument("--json", dest="json_path", help="also write the report as JSON to this file")
     optional.add_argument("--labels", help="comma-separated zero-shot labels (default: one per test photo)")
+    optional.add_argument("--steps", type=int, default=16, help="VLM bundles: tokens generated per photo (default 16)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pocketvlm.export.parity import dual_encoder_parity, format_table
+    from pocketvlm.runtime.manifest import load_bundle
 
-    labels = parse_labels(args.labels) if args.labels else None
-    report = dual_encoder_parity(args.bundle, args.model, labels=labels)
-    print(format_table(report))
+    if load_bundle(args.bundle).manifest.get("task") == "image_text_to_text":
+        from pocketvlm.export.vlm_parity import format_vlm_table, vlm_parity
+
+        report = vlm_parity(args.bundle, args.model, steps=args.steps)
+        print(format_vlm_table(report))
+    else:
+        from pocketvlm.export.parity import dual_encoder_parity, format_table
+
+        labels = parse_labels(args.labels) if args.labels else None
+        report = dual_encoder_parity(args.bundle, args.model, labels=labels)
+        print(format_table(report))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"report written: {args.json_path}")
-    return 0 if report["pass"] else 1
+    return 0 if report.get("pass", True) else 1
