@@ -7,6 +7,7 @@ architectures with random (seeded) weights and export them through exactly the s
 from __future__ import annotations
 
 import gzip
+import inspect
 import shutil
 from pathlib import Path
 from typing import Any
@@ -94,9 +95,10 @@ def _build(family: str, out_dir: Path, seed: int, tokenizer: Any, init_std: floa
     if out_dir.exists():
         shutil.rmtree(out_dir)
     if tokenizer is None:
-        tokenizer = train_tokenizer(family, vocab_size=min(int(sizes.get("vocab_size", 512)), 512))
+        style = family if family in _STYLES else "qwen2_vl"
+        tokenizer = train_tokenizer(style, vocab_size=min(int(sizes.get("vocab_size", 512)), 512))
     sizes.setdefault("vocab_size", len(tokenizer))
-    accepted = spec.tiny_config.__code__.co_varnames
+    accepted = inspect.signature(spec.tiny_config).parameters
     for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
         token_id = getattr(tokenizer, key, None)
         if token_id is not None and key in accepted:

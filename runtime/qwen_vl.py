@@ -88,3 +88,20 @@ def mrope_positions(input_ids: np.ndarray, image_token_id: int, images: list[Qwe
             index += 1
     delta = int(positions.max()) + 1 - len(input_ids) if len(input_ids) else 0
     return positions[:, None, :], delta
+
+
+def window_layout(rows: int, cols: int, merge: int, window_size: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Qwen2.5-VL windows: ``window_index`` orders the merged tokens window by window (row-major windows of
+    window_size / merge / patch tokens a side, edge windows smaller); ``window_ids`` gives each patch its window, in
+    that order."""
+    side = window_size // merge // patch
+    grid_h, grid_w = rows // merge, cols // merge
+    index = np.arange(grid_h * grid_w).reshape(grid_h, grid_w)
+    order, sizes = [], []
+    for top in range(0, grid_h, side):
+        for left in range(0, grid_w, side):
+            block = index[top : top + side, left : left + side].reshape(-1)
+            order.append(block)
+            sizes.append(block.size)
+    window_ids = np.repeat(np.arange(len(sizes)), np.asarray(sizes) * merge * merge)
+    return np.concatenate(order).astype(np.int64), window_ids.astype(np.int64)

@@ -87,6 +87,10 @@ class VisionLanguageModel:
     # -- generation ----------------------------------------------------------------------------------------------------
     def encode_image(self, processed: qwen_vl.QwenImage) -> np.ndarray:
         feeds = {"pixel_values": processed.pixel_values, "vision_position_ids": processed.vision_position_ids}
+        window = self.image_config.get("window")
+        if window:  # Qwen2.5-VL: windowed attention layout, computed here rather than in the graph
+            feeds["window_index"], feeds["window_ids"] = qwen_vl.window_layout(
+                *processed.grid, processed.merge_size, window["window_size"], self.image_config["patch_size"])
         return self.sessions["vision_encoder"].run(feeds)["image_embeds"]
 
     def generate_ids(self, input_ids: np.ndarray, processed: qwen_vl.QwenImage, config: GenerationConfig,

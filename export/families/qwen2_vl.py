@@ -15,18 +15,22 @@ from pocketvlm.export.rewrites import swapped
 
 
 class FullVisionAttention(torch.nn.Module):
-    """The vision attention for one image per call: bidirectional over all its patches.
+    """The vision attention for one image per call: bidirectional over all its patches, or within windows.
 
     HF splits the sequence by ``cu_seqlens`` with ``.tolist()`` (a data-dependent shape); with one image there is one
-    segment, so plain attention is the same math and exports with a dynamic patch count.
+    segment, so plain attention is the same math and exports with a dynamic patch count. Windowed blocks (Qwen2.5-VL)
+    get a mask built in the graph from ``window_ids`` (the window of each patch, from the runtime) instead of
+    ``cu_window_seqlens``: equal ids attend to each other.
     """
 
-    def __init__(self, attention: torch.nn.Module) -> None:
+    def __init__(self, attention: torch.nn.Module, windowed: bool = False) -> None:
         super().__init__()
         self.attention = attention
+        self.windowed = windowed
 
     def forward(self, hidden_states: torch.Tensor, cu_seqlens: Any = None,
-                position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs: Any) -> torch.Tensor:
+                position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                window_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
         attn, tokens = self.attention, hidden_states.shape[0]
@@ -35,7 +39,11 @@ class FullVisionAttention(torch.nn.Module):
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))  # [heads, tokens, head_dim]
-        weights = torch.softmax(torch.matmul(query, key.transpose(1, 2)) * attn.scaling, dim=-1)
+        scores = torch.matmul(query, key.transpose(1, 2)) * attn.scaling
+        if self.windowed and window_ids is not None:
+            same = window_ids[:, None] == window_ids[None, :]
+            scores = scores.masked_fill(~same[None], torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1)
         return attn.proj(torch.matmul(weights, value).transpose(0, 1).reshape(tokens, -1))
 
 

@@ -1,0 +1,128 @@
+"""Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``): the Qwen2-VL layout with windowed vision attention (full
+attention only in ``fullatt_block_indexes``), RMSNorm / SwiGLU vision blocks, and the same M-RoPE decoder."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketvlm.export.families import decoder, qwen2_vl
+from pocketvlm.export.registry import ComponentDef, FamilySpec, TensorDef, register
+from pocketvlm.export.rewrites import swapped
+
+
+class VisionEncoder(torch.nn.Module):
+    """pixel_values + vision_position_ids + window_index [image_tokens] (merge blocks in window order) + window_ids
+    [patches] (window of each patch, in window order) -> image_embeds [image_tokens, text hidden], original order."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.visual = model.model.visual
+        full = set(self.visual.fullatt_block_indexes)
+        self.attention = torch.nn.ModuleList(qwen2_vl.FullVisionAttention(block.attn, windowed=index not in full)
+                                             for index, block in enumerate(self.visual.blocks))
+
+    def forward(self, pixel_values: torch.Tensor, vision_position_ids: torch.Tensor, window_index: torch.Tensor,
+                window_ids: torch.Tensor) -> torch.Tensor:
+        patches = pixel_values.shape[0]
+        dummy = torch.zeros(2, dtype=torch.int32)  # HF's cu_seqlens; the rewritten attention does not read it
+        with contextlib.ExitStack() as stack:
+            for block, attention in zip(self.visual.blocks, self.attention):
+                stack.enter_context(swapped(block, "attn", attention))
+            out = self.visual(pixel_values, grid_thw=None, position_ids=vision_position_ids, cu_seqlens=dummy,
+                              max_seqlen=patches, window_index=window_index, cu_window_seqlens=dummy,
+                              max_window_seqlen=patches, window_ids=window_ids)
+        return out.pooler_output
+
+
+def vision_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]:
+    (pixels, positions), outputs = qwen2_vl.vision_signature(config)
+    return ((pixels, positions, TensorDef("window_index", "int64", ("image_tokens",)),
+             TensorDef("window_ids", "int64", ("patches",))), outputs)
+
+
+def vision_example(config: Any) -> dict[str, torch.Tensor]:
+    from pocketvlm.runtime.qwen_vl import window_layout
+
+    vc = config.vision_config
+    feeds = qwen2_vl.vision_example(config)
+    index, ids = window_layout(2 * vc.spatial_merge_size, 3 * vc.spatial_merge_size, vc.spatial_merge_size,
+                               vc.window_size, vc.patch_size)
+    return {**feeds, "window_index": torch.from_numpy(index), "window_ids": torch.from_numpy(ids)}
+
+
+def load_model(model_dir: Path) -> Any:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                              attn_implementation="eager",
+                                                              local_files_only=True).eval()
+
+
+def from_config(config: Any) -> Any:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    config._attn_implementation = "eager"
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+@functools.wraps(qwen2_vl.tiny_config, assigned=("__doc__",))
+def _tiny_config(**kwargs: Any) -> Any:
+    from transformers import Qwen2_5_VLConfig
+
+    base = qwen2_vl.tiny_config(**kwargs).to_dict()
+    vision = base["vision_config"]
+    vision.update(hidden_size=vision.pop("embed_dim"), out_hidden_size=base["text_config"]["hidden_size"],
+                  intermediate_size=2 * vision.get("hidden_size", 32), window_size=56, fullatt_block_indexes=[1])
+    for key in ("mlp_ratio", "model_type", "architectures", "transformers_version", "dtype"):
+        vision.pop(key, None)
+    for key in ("model_type", "architectures", "transformers_version", "dtype"):
+        base.pop(key, None)
+        base["text_config"].pop(key, None)
+    return Qwen2_5_VLConfig(**base)
+
+
+def tiny_config(**kwargs: Any) -> Any:
+    """Qwen2-VL's tiny config (same arguments) moved to the Qwen2.5-VL layout: windows of 2x2 merged tokens, full
+    attention in the last of two blocks."""
+    return _tiny_config(**kwargs)
+
+
+tiny_config.__signature__ = inspect.signature(qwen2_vl.tiny_config)  # type: ignore[attr-defined]
+
+
+def default_processor(config: Any) -> Any:
+    return qwen2_vl.default_processor(config)
+
+
+def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, Any]:
+    meta = qwen2_vl.bundle_metadata(model, model_dir, bundle_dir)
+    vc = model.config.vision_config
+    meta["preprocessing"]["image"]["window"] = {"window_size": int(vc.window_size),
+                                                "fullatt_block_indexes": list(vc.fullatt_block_indexes)}
+    return meta
+
+
+SPEC = register(FamilySpec(
+    name="qwen2_5_vl",
+    model_types=("qwen2_5_vl",),
+    task="image_text_to_text",
+    components=(
+        ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example,
+                     lambda config: {"patches": (4, 1 << 20), "image_tokens": (1, 1 << 18)}),
+        ComponentDef("text_decoder", qwen2_vl.text_decoder,
+                     lambda c: decoder.decoder_signature(c.text_config, mrope=True),
+                     lambda c: decoder.decoder_example(c.text_config, c.image_token_id, mrope=True),
+                     lambda c: decoder.decoder_bounds(c.text_config)),
+    ),
+    load_model=load_model,
+    tiny_config=tiny_config,
+    from_config=from_config,
+    bundle_metadata=bundle_metadata,
+    default_processor=default_processor,
+))
