@@ -105,7 +105,7 @@ def register(spec: FamilySpec) -> FamilySpec:
 
 def _load_all() -> None:
     # One import line per family module; each module calls register() at import.
-    from pocketvlm.export.families import clip, qwen2_5_vl, qwen2_vl, siglip  # noqa: F401
+    from pocketvlm.export.families import clip, qwen2_5_vl, qwen2_vl, qwen3_vl, siglip  # noqa: F401
 
 
 def families() -> dict[str, FamilySpec]:

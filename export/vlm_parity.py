@@ -73,7 +73,7 @@ def _vlm_parity(bundle_dir: Path, model_dir: Path, photos: dict[str, Any] | None
         same = [a == b for a, b in zip(greedy.token_ids, ref_tokens)]
         rows.append({
             "photo": name, "image_tokens": processed.num_tokens, "prompt_tokens": int(len(input_ids)),
-            "vision_encoder": Comparison.of(ref_features, runner.encode_image(processed)).__dict__,
+            "vision_encoder": Comparison.of(ref_features, runner.encode_image(processed)["image_embeds"]).__dict__,
             "logits": {"cosine_min": cosines.cosine_min, "cosine_mean": cosines.cosine_mean,
                        "max_abs": cosines.max_abs, "per_step_cosine": per_step},
             "greedy": {"reference": ref_tokens, "bundle": greedy.token_ids,

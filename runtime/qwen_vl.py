@@ -105,3 +105,22 @@ def window_layout(rows: int, cols: int, merge: int, window_size: int, patch: int
             sizes.append(block.size)
     window_ids = np.repeat(np.arange(len(sizes)), np.asarray(sizes) * merge * merge)
     return np.concatenate(order).astype(np.int64), window_ids.astype(np.int64)
+
+
+def position_table_taps(positions: np.ndarray, rows: int, cols: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Qwen3-VL: bilinear (align_corners) taps and weights into the ``side`` x ``side`` learned position table for
+    each patch at (row, col) of a ``rows`` x ``cols`` grid -> ([patches, 4] int64, [patches, 4] float32)."""
+
+    def axis(index: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        src = index.astype(np.float32) * np.float32(side - 1) / np.float32(max(size - 1, 1))
+        floor = np.floor(src)
+        offsets = np.arange(2)
+        taps = np.clip(floor.astype(np.int64)[:, None] + offsets, 0, side - 1)
+        weights = np.clip(1 - np.abs(src[:, None] - floor[:, None] - offsets), 0, None).astype(np.float32)
+        return taps, weights
+
+    h_taps, h_weights = axis(positions[:, 0], rows)
+    w_taps, w_weights = axis(positions[:, 1], cols)
+    indices = (h_taps[:, :, None] * side + w_taps[:, None, :]).reshape(-1, 4)
+    weights = (h_weights[:, :, None] * w_weights[:, None, :]).reshape(-1, 4)
+    return indices.astype(np.int64), weights.astype(np.float32)

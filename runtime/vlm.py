@@ -85,13 +85,18 @@ class VisionLanguageModel:
         return ids, processed
 
     # -- generation ----------------------------------------------------------------------------------------------------
-    def encode_image(self, processed: qwen_vl.QwenImage) -> np.ndarray:
+    def encode_image(self, processed: qwen_vl.QwenImage) -> dict[str, np.ndarray]:
+        """-> ``image_embeds`` (and ``deepstack_embeds`` for Qwen3-VL)."""
         feeds = {"pixel_values": processed.pixel_values, "vision_position_ids": processed.vision_position_ids}
         window = self.image_config.get("window")
         if window:  # Qwen2.5-VL: windowed attention layout, computed here rather than in the graph
             feeds["window_index"], feeds["window_ids"] = qwen_vl.window_layout(
                 *processed.grid, processed.merge_size, window["window_size"], self.image_config["patch_size"])
-        return self.sessions["vision_encoder"].run(feeds)["image_embeds"]
+        table = self.image_config.get("position_table")
+        if table:  # Qwen3-VL: bilinear taps into the learned position table
+            feeds["interp_indices"], feeds["interp_weights"] = qwen_vl.position_table_taps(
+                processed.vision_position_ids, *processed.grid, table["grid_per_side"])
+        return self.sessions["vision_encoder"].run(feeds)
 
     def generate_ids(self, input_ids: np.ndarray, processed: qwen_vl.QwenImage, config: GenerationConfig,
                      on_token: Callable[[int], None] | None = None,
@@ -103,7 +108,7 @@ class VisionLanguageModel:
                              f"model's context of {self.max_context}", "shorten the prompt or lower --max-new-tokens")
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        image_embeds = self.encode_image(processed)
+        vision = self.encode_image(processed)
         timings["image_encode_s"] = time.perf_counter() - started
         positions, delta = qwen_vl.mrope_positions(input_ids, self.special["image_token_id"], [processed])
         cache = KVCache(self.decoder["num_layers"], self.decoder["kv_heads"], self.decoder["head_dim"],
@@ -115,12 +120,15 @@ class VisionLanguageModel:
         started = time.perf_counter()
         while len(tokens) < config.max_new_tokens:
             new = step_ids.shape[1]
-            outputs = decoder.run({"input_ids": step_ids, "image_embeds": image_embeds, "position_ids": step_positions,
+            outputs = decoder.run({"input_ids": step_ids, "position_ids": step_positions, **vision,
                                    "attention_mask": cache.attention_mask(new), **cache.buffers})
             cache.append(outputs, new)
             if not tokens:
                 timings["prefill_s"] = time.perf_counter() - started
-                image_embeds = image_embeds[:1]  # decode steps carry no image tokens; the graph needs one row
+                # decode steps carry no image tokens; the graph still needs one (unused) row
+                vision = {"image_embeds": vision["image_embeds"][:1],
+                          **({"deepstack_embeds": vision["deepstack_embeds"][:, :1]} if "deepstack_embeds" in vision
+                             else {})}
                 started = time.perf_counter()
             token = sampler(outputs["logits"][0])
             tokens.append(token)

@@ -11,7 +11,7 @@ from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.manifest import load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
 
-VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def two_sizes(photos):

@@ -41,6 +41,11 @@ class CachedTextDecoder(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.run(input_ids, image_embeds, position_ids, attention_mask, past, {})
+
+    def run(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, position_ids: torch.Tensor,
+            attention_mask: torch.Tensor, past: tuple[torch.Tensor, ...], extra: dict[str, Any]) -> tuple:
+        """The shared body; ``extra`` carries family-specific language-model arguments (e.g. DeepStack)."""
         from transformers.cache_utils import DynamicCache
 
         embeds = self.merge_image_embeds(input_ids, image_embeds)
@@ -49,7 +54,7 @@ class CachedTextDecoder(torch.nn.Module):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
         past_length = past[0].shape[2]
         hidden = self.language_model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
-                                     past_key_values=cache, use_cache=True).last_hidden_state
+                                     past_key_values=cache, use_cache=True, **extra).last_hidden_state
         logits = self.lm_head(hidden[:, -1:, :])[:, 0, :]
         present = []
         for layer in cache.layers[: self.num_layers]:
