@@ -53,11 +53,13 @@ def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, k: int, bits: int 
 
 
 def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits: int | None = None,
-                     accuracy_level: int = 0) -> int:
-    """Rewrite every MatMul with a 2-D float32 initializer weight (K >= block_size) in place. Returns the count.
+                     last_bits: int | None = None, accuracy_level: int = 0) -> int:
+    """Rewrite every MatMul (and linear Gemm) with a 2-D float32 initializer weight (K >= block_size) in place.
+    Returns the count.
 
-    ``first_bits`` gives the first such MatMul in graph order (the patch embedding of an image tower, the first
-    projection of a text tower) its own width: it sees the raw input and its error is amplified by every later layer.
+    ``first_bits`` / ``last_bits`` give the first and last such layer in graph order their own width (the usual
+    mixed-precision rule: the first layer sees the raw input and its error is amplified by every later layer; the
+    last one writes the output directly).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -67,21 +69,32 @@ def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits
     for node in model.graph.node:
         for name in node.input:
             users[name] = users.get(name, 0) + 1
-    rewritten, nodes = 0, []
-    for node in model.graph.node:
+    def weight_of(node: Any) -> tuple[np.ndarray | None, str | None, Any]:
         weight_name, bias = _weight_operand(node)
         init = initializers.get(weight_name) if weight_name else None
         if init is None or len(init.dims) != 2 or init.data_type != onnx.TensorProto.FLOAT:
+            return None, None, None
+        dims = list(init.dims)[::-1] if node.op_type == "Gemm" and _attr(node, "transB", 0) else list(init.dims)
+        return (None, None, None) if dims[0] < block_size else (init, bias, dims)
+
+    graph_nodes = list(model.graph.node)  # positions identify nodes (protobuf wrappers have no stable id())
+    eligible = [i for i, node in enumerate(graph_nodes) if weight_of(node)[0] is not None]
+    widths = {key: bits for key in eligible}
+    if eligible and first_bits:
+        widths[eligible[0]] = first_bits
+    if len(eligible) > 1 and last_bits:
+        widths[eligible[-1]] = last_bits
+    rewritten, nodes = 0, []
+    for position, node in enumerate(graph_nodes):
+        if position not in widths:
             nodes.append(node)
             continue
+        init, bias, _ = weight_of(node)
         weight = numpy_helper.to_array(init)
         if node.op_type == "Gemm" and _attr(node, "transB", 0):
             weight = weight.T  # Gemm(transB=1) keeps nn.Linear's [out, in]
         k, n = weight.shape
-        if k < block_size:
-            nodes.append(node)
-            continue
-        width = first_bits if (rewritten == 0 and first_bits) else bits
+        width = widths[position]
         packed, scales = quantize_blocks(weight, block_size, width)
         base = f"{node.name or init.name}_q{width}"
         model.graph.initializer.extend([numpy_helper.from_array(packed, f"{base}_B"),
@@ -149,8 +162,11 @@ def quantize_tied_table(model: Any, block_size: int = 32, bits: int = 8) -> bool
         new_inits.append(numpy_helper.from_array(np.full(scales[..., None].shape, 128, np.uint8), f"{name}_zero"))
         gather_inputs.append(f"{name}_zero")
     blocks_out = f"{gather.output[0]}_blocks"
+    graph_nodes = list(model.graph.node)
+    position = {name: next(i for i, n in enumerate(graph_nodes) if n == node)
+                for name, node in (("gather", gather), ("transpose", transpose), ("head", head))}
     replacement = {
-        id(gather): [
+        position["gather"]: [
             helper.make_node("GatherBlockQuantized", gather_inputs, [blocks_out], name=f"{name}_gather",
                              domain="com.microsoft", gather_axis=0, quantize_axis=2,
                              block_size=block_size, bits=bits),
@@ -159,12 +175,12 @@ def quantize_tied_table(model: Any, block_size: int = 32, bits: int = 8) -> bool
             helper.make_node("Concat", [f"{name}_ids_shape", f"{name}_hidden"], [f"{name}_out_shape"], axis=0),
             helper.make_node("Reshape", [blocks_out, f"{name}_out_shape"], list(gather.output)),
         ],
-        id(transpose): [],
-        id(head): [helper.make_node("MatMulNBits", [head.input[0], name, f"{name}_scales"], list(head.output),
+        position["transpose"]: [],
+        position["head"]: [helper.make_node("MatMulNBits", [head.input[0], name, f"{name}_scales"], list(head.output),
                                     name=f"{name}_lm_head", domain="com.microsoft", K=hidden, N=vocab, bits=bits,
                                     block_size=block_size)],
     }
-    nodes = [new for node in model.graph.node for new in replacement.get(id(node), [node])]
+    nodes = [new for i, node in enumerate(graph_nodes) for new in replacement.get(i, [node])]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.remove(initializers[gather.input[0]])

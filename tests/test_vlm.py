@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
@@ -100,3 +101,32 @@ def test_vlm_bad_inputs(workspace, photos, tmp_path):
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(errors.BundleError, match="has no component 'vision_encoder'"):
         VisionLanguageModel.load(broken)
+
+
+def test_deepstack_features_reach_the_decoder(workspace, photos):
+    model = VisionLanguageModel.load(workspace.bundle("qwen3_vl", "fp32", "varied"))
+    input_ids, processed = model.prepare(photos["astronaut"].resize((128, 96)), "What is in the image?")
+    vision = model.encode_image(processed)
+    assert vision["deepstack_embeds"].shape[1:] == vision["image_embeds"].shape
+    config = GenerationConfig(max_new_tokens=4)
+    with_deepstack = model.generate_ids(input_ids, processed, config, forced=[1, 2, 3, 4]).logits
+    original = model.encode_image
+    model.encode_image = lambda p: {**original(p), "deepstack_embeds": np.zeros_like(vision["deepstack_embeds"])}
+    without = model.generate_ids(input_ids, processed, config, forced=[1, 2, 3, 4]).logits
+    assert np.abs(np.stack(with_deepstack) - np.stack(without)).max() > 1e-3
+
+
+def test_caption_and_ask_cli(workspace, photos, tmp_path, capsys):
+    from pocketvlm.cli.main import main
+
+    image = tmp_path / "cat.png"
+    photos["chelsea"].resize((120, 90)).save(image)
+    bundle = str(workspace.bundle("qwen2_vl", "fp32", "varied"))
+    capsys.readouterr()
+    assert main(["caption", "--bundle", bundle, "--image", str(image), "--max-new-tokens", "6", "--stats"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() and "tokens/s" in out.err
+    assert main(["ask", "--bundle", bundle, "--image", str(image), "--question", "What is it?",
+                 "--max-new-tokens", "4", "--sample", "--seed", "3", "--top-p", "0.9"]) == 0
+    assert main(["caption", "--bundle", str(workspace.bundle("clip", "fp32")), "--image", str(image)]) == 2
+    assert "not a VLM" in capsys.readouterr().err
