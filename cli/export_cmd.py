@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optional.add_argument("--target", default="onnx", help="onnx (default)")
     optional.add_argument("--quant", default="fp32",
                           help="fp32 | fp16 | int8 | int4, per component as 'int8,text_encoder=int4', or a JSON file")
+    optional.add_argument("--split-vision", action="store_true",
+                          help="VLMs: export the vision side as vision_frontend + vision_transformer")
     optional.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
 
 
@@ -23,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from pocketvlm.runtime.manifest import load_bundle
 
     quant = QuantConfig.parse(args.quant)
-    out = export_bundle(args.model, args.out, target=args.target, quant=quant, progress=Progress(args.progress))
+    out = export_bundle(args.model, args.out, target=args.target, quant=quant, progress=Progress(args.progress),
+                        split_vision=args.split_vision)
     bundle = load_bundle(out)
     parts = ", ".join(f"{name} {spec.bytes / 1e6:.2f} MB ({spec.quantization['method']})"
                       for name, spec in bundle.components.items())

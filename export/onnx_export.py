@@ -38,7 +38,7 @@ def dynamic_shapes(component: ComponentDef, config: Any, module: torch.nn.Module
         per_input.append(axes)
     params = list(inspect.signature(module.forward).parameters.values())
     named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if any(p.kind == p.VAR_POSITIONAL for p in params):
+    if any(p.kind == p.VAR_POSITIONAL for p in params) and len(per_input) > len(named):
         return (*per_input[: len(named)], tuple(per_input[len(named):]))
     return tuple(per_input)
 

@@ -20,7 +20,7 @@ from typing import Any
 from pocketvlm.export.checkpoint import Checkpoint, read_checkpoint
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.quantize import QuantConfig, quantize_file
-from pocketvlm.export.registry import FamilySpec, family_for_model_type
+from pocketvlm.export.registry import ComponentDef, FamilySpec, family_for_model_type
 from pocketvlm.runtime.errors import ExportError, ModelDirError
 from pocketvlm.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 
@@ -54,10 +54,11 @@ def _check_destination(out_dir: Path, model_dir: Path) -> None:
                           "choose a new or empty directory (an existing bundle there is replaced)")
 
 
-def _component_record(family: FamilySpec, name: str, config: Any, path: Path, quant: dict) -> dict[str, Any]:
+def _component_record(component: ComponentDef, config: Any, path: Path, quant: dict) -> dict[str, Any]:
     import onnx
 
-    inputs, outputs = family.component(name).signature(config)
+    name = component.name
+    inputs, outputs = component.signature(config)
     graph = onnx.load(str(path), load_external_data=False).graph
     got = [i.name for i in graph.input]
     if got != [t.name for t in inputs]:
@@ -74,6 +75,26 @@ def _component_record(family: FamilySpec, name: str, config: Any, path: Path, qu
         "outputs": [t.to_json() for t in outputs],
         "quantization": quant,
     }
+
+
+def split_report(config: Any, metadata: dict[str, Any]) -> dict[str, Any]:
+    """What crosses the ViT -> Transformer boundary: its tensor, and bytes per image at each dtype."""
+    from pocketvlm.export.families.vision_split import vision_width
+
+    width = vision_width(config)
+    image = metadata["preprocessing"]["image"]
+    patch = image["patch_size"]
+    examples = {}
+    for side in (224, 448, 896):
+        patches = (side // patch) ** 2
+        examples[f"{side}x{side}"] = {"patches": patches,
+                                      **{dtype: patches * width * size for dtype, size in
+                                         (("float32", 4), ("float16", 2), ("int8", 1))}}
+    return {"boundary": "vision_frontend -> vision_transformer",
+            "interface": {"name": "vision_hidden", "shape": ["patches", width], "dtype": "float32",
+                          "mask": None, "note": "one image per call; patches in merge-block order"},
+            "bytes_per_patch": {"float32": 4 * width, "float16": 2 * width, "int8": width},
+            "bytes_per_image": examples}
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
@@ -100,7 +121,8 @@ def _remove_stale_staging(out_dir: Path) -> None:
 
 
 def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onnx",
-                  quant: QuantConfig | None = None, progress: Progress | None = None) -> Path:
+                  quant: QuantConfig | None = None, progress: Progress | None = None,
+                  split_vision: bool = False) -> Path:
     """Export a checkpoint directory to a verified-on-load bundle. Returns the bundle directory."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     quant = quant or QuantConfig()
@@ -110,8 +132,8 @@ def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onn
                           f"use --target {' or '.join(TARGETS)}")
     checkpoint = read_checkpoint(model_dir)
     family = family_for_model_type(checkpoint.model_type)
-    names = tuple(c.name for c in family.components)
-    quant.check_components(names)
+    components = family.export_components(split_vision)
+    quant.check_components(tuple(c.name for c in components))
     _check_destination(out_dir, model_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out_dir)
@@ -119,7 +141,7 @@ def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onn
     staging.mkdir()
     try:
         with quiet_transformers():
-            manifest = _export_into(checkpoint, family, staging, quant, say, target)
+            manifest = _export_into(checkpoint, family, components, staging, quant, say, target)
         (staging / PENDING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _publish(staging, out_dir)
     except BaseException:
@@ -137,12 +159,12 @@ def _load(family: FamilySpec, checkpoint: Checkpoint) -> Any:
                             "check that the weight files are complete and match config.json") from exc
 
 
-def _export_into(checkpoint: Checkpoint, family: FamilySpec, staging: Path, quant: QuantConfig, say: Progress,
-                 target: str) -> dict[str, Any]:
+def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...], staging: Path,
+                 quant: QuantConfig, say: Progress, target: str) -> dict[str, Any]:
     from pocketvlm.export.onnx_export import export_component
 
     started = time.perf_counter()
-    steps = 2 + 2 * len(family.components)
+    steps = 2 + 2 * len(components)
     step = 0
 
     def tick(message: str) -> None:
@@ -156,8 +178,8 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, staging: Path, quan
     extra = family.bundle_metadata(model, checkpoint.path, staging)
     scratch = staging / "_fp32"
     scratch.mkdir()
-    components = {}
-    for comp in family.components:
+    records = {}
+    for comp in components:
         spec = quant.for_component(comp.name)
         tick(f"exporting {comp.name} to ONNX (fp32)")
         fp32_path = scratch / f"{comp.name}.onnx"
@@ -165,7 +187,7 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, staging: Path, quan
         tick(f"quantizing {comp.name} ({spec.method})")
         final = staging / f"{comp.name}.onnx"
         quantize_file(fp32_path, final, spec)
-        components[comp.name] = _component_record(family, comp.name, model.config, final, spec.record())
+        records[comp.name] = _component_record(comp, model.config, final, spec.record())
     shutil.rmtree(scratch)
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     return {
@@ -184,7 +206,8 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, staging: Path, quan
         },
         "quantization": quant.to_json(),
         **extra,
-        "components": components,
+        **({"vision_split": split_report(model.config, extra)} if "vision_frontend" in records else {}),
+        "components": records,
         "files": [{"path": p.relative_to(staging).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size}
                   for p in files],
     }

@@ -72,6 +72,20 @@ class FamilySpec:
     bundle_metadata: Callable[[Any, Path, Path], dict[str, Any]]  # (model, checkpoint dir, bundle dir) -> manifest
     default_processor: Callable[[Any], Any]  # config -> HF image processor used when a checkpoint ships none
     tolerances: Tolerances = Tolerances()
+    split_vision: bool = False  # offers vision_frontend + vision_transformer in place of vision_encoder
+
+    def export_components(self, split_vision: bool = False) -> tuple[ComponentDef, ...]:
+        if not split_vision:
+            return self.components
+        if not self.split_vision:
+            raise UnsupportedModelError(f"family {self.name} has no vision split point",
+                                        "export without --split-vision")
+        from pocketvlm.export.families.vision_split import split
+
+        parts: list[ComponentDef] = []
+        for comp in self.components:
+            parts += list(split(comp)) if comp.name == "vision_encoder" else [comp]
+        return tuple(parts)
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.components]

@@ -58,10 +58,12 @@ class VisionLanguageModel:
         if bundle.manifest.get("task") != "image_text_to_text":
             raise BundleError(f"bundle {bundle.path} is a {bundle.manifest.get('task')} bundle, not a VLM",
                               "use caption/ask with a VLM bundle (qwen2_vl, ...)")
-        for name in ("vision_encoder", "text_decoder"):
+        split = "vision_frontend" in bundle.components
+        names = ("vision_frontend", "vision_transformer") if split else ("vision_encoder",)
+        for name in (*names, "text_decoder"):
             bundle.component(name)
         sessions = {name: open_session(bundle, name, (providers or {}).get(name), threads)
-                    for name in ("vision_encoder", "text_decoder")}
+                    for name in (*names, "text_decoder")}
         return cls(bundle, sessions, max_pixels=max_pixels)
 
     # -- prompt ------------------------------------------------------------------------------------------------------
@@ -96,6 +98,9 @@ class VisionLanguageModel:
         if table:  # Qwen3-VL: bilinear taps into the learned position table
             feeds["interp_indices"], feeds["interp_weights"] = qwen_vl.position_table_taps(
                 processed.vision_position_ids, *processed.grid, table["grid_per_side"])
+        if "vision_frontend" in self.sessions:  # split vision side: two stages, possibly on different providers
+            feeds["vision_hidden"] = self.sessions["vision_frontend"].run(feeds)["vision_hidden"]
+            return self.sessions["vision_transformer"].run(feeds)
         return self.sessions["vision_encoder"].run(feeds)
 
     def generate_ids(self, input_ids: np.ndarray, processed: qwen_vl.QwenImage, config: GenerationConfig,

@@ -130,3 +130,26 @@ def test_caption_and_ask_cli(workspace, photos, tmp_path, capsys):
                  "--max-new-tokens", "4", "--sample", "--seed", "3", "--top-p", "0.9"]) == 0
     assert main(["caption", "--bundle", str(workspace.bundle("clip", "fp32")), "--image", str(image)]) == 2
     assert "not a VLM" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_split_vision_stages_chain_to_the_unsplit_encoder(workspace, photos, tmp_path, family):
+    from pocketvlm.export.pipeline import export_bundle
+
+    split = VisionLanguageModel.load(export_bundle(workspace.checkpoint(family, "varied"), tmp_path / "split",
+                                                   split_vision=True))
+    whole = VisionLanguageModel.load(workspace.bundle(family, "fp32", "varied"))
+    assert {"vision_frontend", "vision_transformer"} <= set(split.sessions) and "vision_encoder" not in split.sessions
+    report = split.bundle.manifest["vision_split"]
+    assert report["interface"]["name"] == "vision_hidden"
+    assert report["bytes_per_image"]["448x448"]["float16"] * 2 == report["bytes_per_image"]["448x448"]["float32"]
+    for image in two_sizes(photos).values():
+        _, processed = split.prepare(image, "hi")
+        got, ref = split.encode_image(processed), whole.encode_image(processed)
+        assert got.keys() == ref.keys()
+        for name in ref:
+            assert np.abs(got[name] - ref[name]).max() <= 1e-5
+    tokens = split.generate(photos["coffee"].resize((150, 100)), "What is in the image?",
+                            GenerationConfig(max_new_tokens=8)).token_ids
+    assert tokens == whole.generate(photos["coffee"].resize((150, 100)), "What is in the image?",
+                                    GenerationConfig(max_new_tokens=8)).token_ids

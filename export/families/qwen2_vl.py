@@ -166,4 +166,5 @@ SPEC = register(FamilySpec(
     from_config=from_config,
     bundle_metadata=bundle_metadata,
     default_processor=default_processor,
+    split_vision=True,
 ))
