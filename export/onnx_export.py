@@ -77,7 +77,7 @@ def export_component(model: Any, component: ComponentDef, path: Path) -> None:
                 optimize=True,
                 verbose=False,
             )
-            program.save(str(path))
+            program.save(str(path), external_data=None)  # None: weights beside the graph past 2 GB
     except Exception as exc:  # the exporter raises many internal error types; report them as one
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"ONNX export of {component.name} failed: {first}",

@@ -6,6 +6,7 @@ an export interrupted at any point leaves nothing that loads as a bundle.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ from typing import Any
 
 from pocketvlm.export.checkpoint import Checkpoint, read_checkpoint
 from pocketvlm.export.hf_quiet import quiet_transformers
-from pocketvlm.export.quantize import QuantConfig, quantize_file
+from pocketvlm.export.quantize import QuantConfig, external_data_path, quantize_file
 from pocketvlm.export.registry import ComponentDef, FamilySpec, family_for_model_type
 from pocketvlm.runtime.errors import ExportError, ModelDirError
 from pocketvlm.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
@@ -74,6 +75,7 @@ def _component_record(component: ComponentDef, config: Any, path: Path, quant: d
         "inputs": [t.to_json() for t in inputs],
         "outputs": [t.to_json() for t in outputs],
         "quantization": quant,
+        **({"external_data": external_data_path(path).name} if external_data_path(path).exists() else {}),
     }
 
 
@@ -178,16 +180,19 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[C
     extra = family.bundle_metadata(model, checkpoint.path, staging)
     scratch = staging / "_fp32"
     scratch.mkdir()
+    config = model.config
+    for comp in components:
+        tick(f"exporting {comp.name} to ONNX (fp32)")
+        export_component(model, comp, scratch / f"{comp.name}.onnx")
+    del model  # quantization works on the ONNX files; free the torch weights first (peak memory)
+    gc.collect()
     records = {}
     for comp in components:
         spec = quant.for_component(comp.name)
-        tick(f"exporting {comp.name} to ONNX (fp32)")
-        fp32_path = scratch / f"{comp.name}.onnx"
-        export_component(model, comp, fp32_path)
         tick(f"quantizing {comp.name} ({spec.method})")
         final = staging / f"{comp.name}.onnx"
-        quantize_file(fp32_path, final, spec)
-        records[comp.name] = _component_record(comp, model.config, final, spec.record())
+        quantize_file(scratch / f"{comp.name}.onnx", final, spec)
+        records[comp.name] = _component_record(comp, config, final, spec.record())
     shutil.rmtree(scratch)
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     return {
@@ -206,7 +211,7 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[C
         },
         "quantization": quant.to_json(),
         **extra,
-        **({"vision_split": split_report(model.config, extra)} if "vision_frontend" in records else {}),
+        **({"vision_split": split_report(config, extra)} if "vision_frontend" in records else {}),
         "components": records,
         "files": [{"path": p.relative_to(staging).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size}
                   for p in files],

@@ -119,6 +119,25 @@ class QuantConfig:
                                     f"use component names of this family: {', '.join(names)}")
 
 
+PROTOBUF_LIMIT = 1_900_000_000  # protobuf refuses messages over 2 GiB; keep a margin
+
+
+def external_data_path(path: Path) -> Path:
+    return path.with_name(path.name + ".data")
+
+
+def save_onnx(model: Any, path: Path) -> None:
+    """Save, moving the weights to ``<name>.onnx.data`` beside the graph when they would pass the protobuf limit."""
+    import onnx
+
+    weights = sum(len(init.raw_data) for init in model.graph.initializer)
+    if weights < PROTOBUF_LIMIT:
+        onnx.save(model, str(path))
+    else:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=external_data_path(path).name, size_threshold=1024)
+
+
 def _strip_value_info(model: Any) -> None:
     # dynamo exports carry value_info that ORT's quantizer's shape inference chokes on
     del model.graph.value_info[:]
@@ -129,7 +148,10 @@ def quantize_file(src: Path, dst: Path, spec: QuantSpec) -> None:
     import onnx
 
     if spec.method == "fp32":
-        shutil.copyfile(src, dst)
+        if external_data_path(src).exists():
+            save_onnx(onnx.load(str(src)), dst)
+        else:
+            shutil.copyfile(src, dst)
         return
     model = onnx.load(str(src))
     _strip_value_info(model)
@@ -150,13 +172,12 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 def _quantize(model: Any, dst: Path, spec: QuantSpec) -> None:
-    import onnx
 
     if spec.method == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
-        onnx.save(model, str(dst))
+        save_onnx(model, dst)
     else:
         from pocketvlm.export.int4 import quantize_tied_table
 
@@ -166,7 +187,7 @@ def _quantize(model: Any, dst: Path, spec: QuantSpec) -> None:
             from pocketvlm.export.int4 import matmuls_to_nbits
 
             matmuls_to_nbits(model, block_size=spec.block_size, bits=8)
-            onnx.save(model, str(dst))
+            save_onnx(model, dst)
         elif spec.method == "int8":
             _int8(model, dst, gather=True)
         else:
@@ -182,7 +203,6 @@ def _int8(model: Any, dst: Path, gather: bool) -> None:
 
 
 def _int4(model: Any, dst: Path, spec: QuantSpec) -> None:
-    import onnx
 
     from pocketvlm.export.int4 import matmuls_to_nbits
 
@@ -190,7 +210,7 @@ def _int4(model: Any, dst: Path, spec: QuantSpec) -> None:
                      last_bits=spec.last_layer_bits)
     has_gather = any(n.op_type == "Gather" for n in model.graph.node)
     if not has_gather:
-        onnx.save(model, str(dst))
+        save_onnx(model, dst)
         return
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
