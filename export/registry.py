@@ -73,6 +73,8 @@ class FamilySpec:
     default_processor: Callable[[Any], Any]  # config -> HF image processor used when a checkpoint ships none
     tolerances: Tolerances = Tolerances()
     split_vision: bool = False  # offers vision_frontend + vision_transformer in place of vision_encoder
+    # VLMs: (HF model, input_ids [1, seq] tensor, runtime-processed image) -> the image kwargs of HF generate()
+    reference_inputs: Callable[[Any, Any, Any], dict[str, Any]] | None = None
 
     def export_components(self, split_vision: bool = False) -> tuple[ComponentDef, ...]:
         if not split_vision:
@@ -119,7 +121,7 @@ def register(spec: FamilySpec) -> FamilySpec:
 
 def _load_all() -> None:
     # One import line per family module; each module calls register() at import.
-    from pocketvlm.export.families import clip, qwen2_5_vl, qwen2_vl, qwen3_vl, siglip  # noqa: F401
+    from pocketvlm.export.families import clip, idefics3, qwen2_5_vl, qwen2_vl, qwen3_vl, siglip  # noqa: F401
 
 
 def families() -> dict[str, FamilySpec]:

@@ -30,14 +30,28 @@ _CORPUS = [
 # Special tokens per tokenizer style: (tokens in id order, template added around a sequence)
 _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
+_IDEFICS3_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+                      "<global-img>", *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]
 _STYLES = {
     "clip": (["<|startoftext|>", "<|endoftext|>"], "<|startoftext|> $A <|endoftext|>"),
     "siglip": (["<pad>", "</s>", "<unk>"], "$A </s>"),
     "qwen2_vl": (_QWEN_SPECIALS, None),
+    "idefics3": (_IDEFICS3_SPECIALS, None),
 }
-# config keys of the tiny configs that name special tokens
-_CONFIG_TOKENS = {"image_token_id": "<|image_pad|>", "vision_start_token_id": "<|vision_start|>",
-                  "vision_end_token_id": "<|vision_end|>", "video_token_id": "<|video_pad|>"}
+# config keys of the tiny configs that name special tokens, per tokenizer style
+_CONFIG_TOKENS = {
+    "qwen2_vl": {"image_token_id": "<|image_pad|>", "vision_start_token_id": "<|vision_start|>",
+                 "vision_end_token_id": "<|vision_end|>", "video_token_id": "<|video_pad|>"},
+    "idefics3": {"image_token_id": "<image>"},
+}
+# SmolVLM's chat template, reduced to what the runtime supports
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
 # Qwen2-VL's chat template, reduced to what the runtime supports (system/user/assistant, images, text)
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -66,11 +80,16 @@ def train_tokenizer(style: str, vocab_size: int = 512) -> Any:
     names = {"clip": dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                           unk_token="<|endoftext|>"),
              "siglip": dict(eos_token="</s>", pad_token="<pad>", unk_token="<unk>"),
-             "qwen2_vl": dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")}[style]
+             "qwen2_vl": dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"),
+             "idefics3": dict(eos_token="<end_of_utterance>", pad_token="<|endoftext|>")}[style]
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=77 if template else 1024, **names)
-    if style == "qwen2_vl":
-        wrapped.chat_template = QWEN_CHAT_TEMPLATE
+    if style in ("qwen2_vl", "idefics3"):
+        wrapped.chat_template = QWEN_CHAT_TEMPLATE if style == "qwen2_vl" else IDEFICS3_CHAT_TEMPLATE
     return wrapped
+
+
+def _style(family: str) -> str:
+    return family if family in _STYLES else "qwen2_vl"
 
 
 def clip_bpe_tokenizer() -> Any:
@@ -95,15 +114,14 @@ def _build(family: str, out_dir: Path, seed: int, tokenizer: Any, init_std: floa
     if out_dir.exists():
         shutil.rmtree(out_dir)
     if tokenizer is None:
-        style = family if family in _STYLES else "qwen2_vl"
-        tokenizer = train_tokenizer(style, vocab_size=min(int(sizes.get("vocab_size", 512)), 512))
+        tokenizer = train_tokenizer(_style(family), vocab_size=min(int(sizes.get("vocab_size", 512)), 512))
     sizes.setdefault("vocab_size", len(tokenizer))
     accepted = inspect.signature(spec.tiny_config).parameters
     for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
         token_id = getattr(tokenizer, key, None)
         if token_id is not None and key in accepted:
             sizes.setdefault(key, token_id)
-    for key, token in _CONFIG_TOKENS.items():
+    for key, token in _CONFIG_TOKENS.get(_style(family), {}).items():
         if key in accepted:
             sizes.setdefault(key, tokenizer.convert_tokens_to_ids(token))
     config = spec.tiny_config(**sizes)

@@ -17,7 +17,7 @@ from pocketvlm.export.checkpoint import read_checkpoint
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.parity import Comparison
 from pocketvlm.export.photos import load_photos
-from pocketvlm.export.registry import get_family
+from pocketvlm.export.registry import FamilySpec, get_family
 from pocketvlm.runtime.errors import BundleError
 from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.vlm import VisionLanguageModel
@@ -25,17 +25,16 @@ from pocketvlm.runtime.vlm import VisionLanguageModel
 DEFAULT_PROMPT = "What is in the image?"
 
 
-def _reference(model: Any, input_ids: np.ndarray, processed: Any, steps: int) -> tuple[np.ndarray, list[int], Any]:
+def _reference(family: FamilySpec, model: Any, input_ids: np.ndarray, processed: Any,
+               steps: int) -> tuple[np.ndarray, list[int], Any]:
     """HF image features, greedy tokens, and the logits for each of those steps."""
     import torch
 
     ids = torch.from_numpy(input_ids)[None, :]
-    pixels = torch.from_numpy(processed.pixel_values)
-    grid = torch.tensor([[1, *processed.grid]])
-    extra = {"pixel_values": pixels, "image_grid_thw": grid,
-             "mm_token_type_ids": (ids == model.config.image_token_id).to(torch.int32)}
+    extra = family.reference_inputs(model, ids, processed)
+    image_args = {k: v for k, v in extra.items() if k in ("pixel_values", "image_grid_thw")}
     with torch.no_grad():
-        features = model.model.get_image_features(pixels, grid).pooler_output[0].numpy()
+        features = model.model.get_image_features(**image_args).pooler_output[0].numpy()
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
                              do_sample=False, output_logits=True, return_dict_in_generate=True, **extra)
     tokens = out.sequences[0, ids.shape[1]:].tolist()
@@ -62,7 +61,7 @@ def _vlm_parity(bundle_dir: Path, model_dir: Path, photos: dict[str, Any] | None
     rows = []
     for name, image in photos.items():
         input_ids, processed = runner.prepare(image, prompt)
-        ref_features, ref_tokens, ref_logits = _reference(model, input_ids, processed, steps)
+        ref_features, ref_tokens, ref_logits = _reference(family, model, input_ids, processed, steps)
         greedy = runner.generate_ids(input_ids, processed, GenerationConfig(max_new_tokens=steps))
         forced = runner.generate_ids(input_ids, processed, GenerationConfig(max_new_tokens=len(ref_tokens)),
                                      forced=ref_tokens)
@@ -72,7 +71,7 @@ def _vlm_parity(bundle_dir: Path, model_dir: Path, photos: dict[str, Any] | None
                     for i in range(len(ref_logits))]
         same = [a == b for a, b in zip(greedy.token_ids, ref_tokens)]
         rows.append({
-            "photo": name, "image_tokens": processed.num_tokens, "prompt_tokens": int(len(input_ids)),
+            "photo": name, "image_tokens": int(ref_features.shape[0]), "prompt_tokens": int(len(input_ids)),
             "vision_encoder": Comparison.of(ref_features, runner.encode_image(processed)["image_embeds"]).__dict__,
             "logits": {"cosine_min": cosines.cosine_min, "cosine_mean": cosines.cosine_mean,
                        "max_abs": cosines.max_abs, "per_step_cosine": per_step},

@@ -124,3 +124,37 @@ def position_table_taps(positions: np.ndarray, rows: int, cols: int, side: int) 
     indices = (h_taps[:, :, None] * side + w_taps[:, None, :]).reshape(-1, 4)
     weights = (h_weights[:, :, None] * w_weights[:, None, :]).reshape(-1, 4)
     return indices.astype(np.int64), weights.astype(np.float32)
+
+
+class QwenAdapter:
+    """What the generic VLM loop needs from the Qwen families: preprocessing, prompt expansion, vision-encoder feeds
+    and M-RoPE positions."""
+
+    def __init__(self, config: dict[str, Any], special: dict[str, Any]) -> None:
+        self.config, self.special = config, special
+
+    def preprocess(self, image: Image.Image) -> QwenImage:
+        return preprocess(image, self.config)
+
+    def expand(self, text: str, processed: QwenImage) -> str:
+        token = self.special["image_token"]
+        return text.replace(token, token * processed.num_tokens)
+
+    def vision_feeds(self, processed: QwenImage) -> dict[str, np.ndarray]:
+        feeds = {"pixel_values": processed.pixel_values, "vision_position_ids": processed.vision_position_ids}
+        window = self.config.get("window")
+        if window:  # Qwen2.5-VL: windowed attention layout, computed here rather than in the graph
+            feeds["window_index"], feeds["window_ids"] = window_layout(
+                *processed.grid, processed.merge_size, window["window_size"], self.config["patch_size"])
+        table = self.config.get("position_table")
+        if table:  # Qwen3-VL: bilinear taps into the learned position table
+            feeds["interp_indices"], feeds["interp_weights"] = position_table_taps(
+                processed.vision_position_ids, *processed.grid, table["grid_per_side"])
+        return feeds
+
+    def positions(self, input_ids: np.ndarray, processed: QwenImage) -> tuple[np.ndarray, int]:
+        return mrope_positions(input_ids, self.special["image_token_id"], [processed])
+
+    @staticmethod
+    def step_position(position: int) -> np.ndarray:
+        return np.full((3, 1, 1), position, dtype=np.int64)

@@ -12,7 +12,7 @@ import jinja2
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from pocketvlm.runtime import qwen_vl
+from pocketvlm.runtime import idefics3, qwen_vl
 from pocketvlm.runtime.backends import Session, open_session
 from pocketvlm.runtime.errors import BundleError, InputError
 from pocketvlm.runtime.generation import GenerationConfig, KVCache, Sampler
@@ -21,6 +21,7 @@ from pocketvlm.runtime.manifest import Bundle, load_bundle
 from pocketvlm.runtime.text import TextConfig, TextTokenizer
 
 DEFAULT_CAPTION_PROMPT = "Describe this image."
+ADAPTERS = {"qwen2_vl": qwen_vl.QwenAdapter, "idefics3": idefics3.Idefics3Adapter}
 
 
 @dataclass
@@ -38,7 +39,7 @@ class VisionLanguageModel:
         manifest = bundle.manifest
         self.bundle, self.sessions, self.max_pixels = bundle, sessions, max_pixels
         self.image_config = manifest["preprocessing"]["image"]
-        if self.image_config["kind"] != "qwen2_vl":
+        if self.image_config["kind"] not in ADAPTERS:
             raise BundleError(f"image preprocessing '{self.image_config['kind']}' is not supported by this runtime",
                               "upgrade pocketvlm")
         text_config = TextConfig.from_json(manifest["tokenizer"])
@@ -46,6 +47,7 @@ class VisionLanguageModel:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self.template = env.from_string(bundle.file(manifest["chat_template"]).read_text(encoding="utf-8"))
         self.special = manifest["special_tokens"]
+        self.adapter = ADAPTERS[self.image_config["kind"]](self.image_config, self.special)
         self.decoder = manifest["decoder"]
         self.eos_ids = set(manifest["generation"]["eos_token_ids"])
         self.max_context = int(manifest["generation"]["max_context"])
@@ -76,34 +78,25 @@ class VisionLanguageModel:
             raise BundleError(f"the bundle's chat template failed: {exc}",
                               "re-export with a valid chat template") from exc
 
-    def prepare(self, image: ImageInput, prompt: str) -> tuple[np.ndarray, qwen_vl.QwenImage]:
+    def prepare(self, image: ImageInput, prompt: str) -> tuple[np.ndarray, Any]:
         """Prompt + image -> input_ids (image placeholder expanded to the image's token count) and vision inputs."""
         if not prompt.strip():
             raise InputError("the prompt is empty", "pass a question or instruction")
-        processed = qwen_vl.preprocess(load_image(image, self.max_pixels), self.image_config)
-        text = self.render(prompt).replace(self.special["image_token"],
-                                           self.special["image_token"] * processed.num_tokens)
+        processed = self.adapter.preprocess(load_image(image, self.max_pixels))
+        text = self.adapter.expand(self.render(prompt), processed)
         ids = np.asarray(self.tokenizer.encode_plain(text), dtype=np.int64)
         return ids, processed
 
     # -- generation ----------------------------------------------------------------------------------------------------
-    def encode_image(self, processed: qwen_vl.QwenImage) -> dict[str, np.ndarray]:
+    def encode_image(self, processed: Any) -> dict[str, np.ndarray]:
         """-> ``image_embeds`` (and ``deepstack_embeds`` for Qwen3-VL)."""
-        feeds = {"pixel_values": processed.pixel_values, "vision_position_ids": processed.vision_position_ids}
-        window = self.image_config.get("window")
-        if window:  # Qwen2.5-VL: windowed attention layout, computed here rather than in the graph
-            feeds["window_index"], feeds["window_ids"] = qwen_vl.window_layout(
-                *processed.grid, processed.merge_size, window["window_size"], self.image_config["patch_size"])
-        table = self.image_config.get("position_table")
-        if table:  # Qwen3-VL: bilinear taps into the learned position table
-            feeds["interp_indices"], feeds["interp_weights"] = qwen_vl.position_table_taps(
-                processed.vision_position_ids, *processed.grid, table["grid_per_side"])
+        feeds = self.adapter.vision_feeds(processed)
         if "vision_frontend" in self.sessions:  # split vision side: two stages, possibly on different providers
             feeds["vision_hidden"] = self.sessions["vision_frontend"].run(feeds)["vision_hidden"]
             return self.sessions["vision_transformer"].run(feeds)
         return self.sessions["vision_encoder"].run(feeds)
 
-    def generate_ids(self, input_ids: np.ndarray, processed: qwen_vl.QwenImage, config: GenerationConfig,
+    def generate_ids(self, input_ids: np.ndarray, processed: Any, config: GenerationConfig,
                      on_token: Callable[[int], None] | None = None,
                      forced: list[int] | None = None) -> GenerationResult:
         """Generate from prepared inputs. With ``forced`` tokens (teacher forcing), each step feeds the forced token
@@ -115,7 +108,7 @@ class VisionLanguageModel:
         started = time.perf_counter()
         vision = self.encode_image(processed)
         timings["image_encode_s"] = time.perf_counter() - started
-        positions, delta = qwen_vl.mrope_positions(input_ids, self.special["image_token_id"], [processed])
+        positions, delta = self.adapter.positions(input_ids, processed)
         cache = KVCache(self.decoder["num_layers"], self.decoder["kv_heads"], self.decoder["head_dim"],
                         len(input_ids) + config.max_new_tokens)
         sampler, stops = Sampler(config), self.eos_ids | set(config.stop_token_ids)
@@ -149,7 +142,7 @@ class VisionLanguageModel:
                 reason = "eos" if token in self.eos_ids else "stop_token"
                 break
             step_ids = np.array([[token]], dtype=np.int64)
-            step_positions = np.full((3, 1, 1), cache.filled + delta, dtype=np.int64)
+            step_positions = self.adapter.step_position(cache.filled + delta)
         timings["decode_s"] = time.perf_counter() - started
         timings["decode_tokens"] = max(len(tokens) - 1, 0)
         text = self.tokenizer.decode([t for t in tokens if t not in stops])

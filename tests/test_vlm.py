@@ -12,7 +12,8 @@ from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.manifest import load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
 
-VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3")
+SPLIT_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def two_sizes(photos):
@@ -132,7 +133,7 @@ def test_caption_and_ask_cli(workspace, photos, tmp_path, capsys):
     assert "not a VLM" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("family", VLM_FAMILIES)
+@pytest.mark.parametrize("family", SPLIT_FAMILIES)
 def test_split_vision_stages_chain_to_the_unsplit_encoder(workspace, photos, tmp_path, family):
     from pocketvlm.export.pipeline import export_bundle
 
@@ -153,3 +154,47 @@ def test_split_vision_stages_chain_to_the_unsplit_encoder(workspace, photos, tmp
                             GenerationConfig(max_new_tokens=8)).token_ids
     assert tokens == whole.generate(photos["coffee"].resize((150, 100)), "What is in the image?",
                                     GenerationConfig(max_new_tokens=8)).token_ids
+
+
+def test_split_vision_refused_where_a_family_has_no_split_point(workspace, tmp_path):
+    from pocketvlm.export.pipeline import export_bundle
+
+    with pytest.raises(errors.UnsupportedModelError, match="no vision split point"):
+        export_bundle(workspace.checkpoint("idefics3", "varied"), tmp_path / "b", split_vision=True)
+
+
+def test_idefics3_prompt_and_pixels_match_the_hf_processor(workspace, photos):
+    from transformers import AutoImageProcessor, AutoTokenizer, Idefics3Processor
+
+    checkpoint = workspace.checkpoint("idefics3", "varied")
+    model = VisionLanguageModel.load(workspace.bundle("idefics3", "fp32", "varied"))
+    processor = Idefics3Processor(AutoImageProcessor.from_pretrained(checkpoint),
+                                  AutoTokenizer.from_pretrained(checkpoint),
+                                  image_seq_len=model.image_config["image_seq_len"])
+    for image in [photos["astronaut"].resize((140, 140)), photos["coffee"].resize((150, 100)),
+                  photos["camera"].resize((20, 30))]:
+        ids, processed = model.prepare(image, "What is in the image?")
+        text = processor.tokenizer.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}],
+            add_generation_prompt=True, tokenize=False)
+        ref = processor(images=[image], text=text, return_tensors="np", add_special_tokens=False)
+        assert np.array_equal(ref["input_ids"][0], ids)
+        assert np.abs(ref["pixel_values"][0] - processed.pixel_values).max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", SPLIT_FAMILIES)
+def test_qwen_prompt_and_pixels_match_the_hf_image_processor(workspace, photos, family):
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    checkpoint = workspace.checkpoint(family, "varied")
+    model = VisionLanguageModel.load(workspace.bundle(family, "fp32", "varied"))
+    tokenizer, processor = AutoTokenizer.from_pretrained(checkpoint), AutoImageProcessor.from_pretrained(checkpoint)
+    for image in [photos["astronaut"].resize((140, 140)), photos["coffee"].resize((150, 100))]:
+        ids, processed = model.prepare(image, "What is in the image?")
+        ref = processor(image, return_tensors="np")
+        tokens = int(ref["image_grid_thw"].prod()) // processor.merge_size**2
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}],
+            add_generation_prompt=True, tokenize=False).replace("<|image_pad|>", "<|image_pad|>" * tokens)
+        assert np.array_equal(tokenizer(text, add_special_tokens=False)["input_ids"], ids)
+        assert np.abs(ref["pixel_values"] - processed.pixel_values).max() <= 1e-5

@@ -126,4 +126,5 @@ SPEC = register(FamilySpec(
     bundle_metadata=bundle_metadata,
     default_processor=default_processor,
     split_vision=True,
+    reference_inputs=qwen2_vl.hf_reference_inputs,
 ))

@@ -90,6 +90,12 @@ def text_decoder(model: Any) -> torch.nn.Module:
     return decoder.CachedTextDecoder(model.model.language_model, model.lm_head, model.config.image_token_id, layers)
 
 
+def hf_reference_inputs(model: Any, input_ids: torch.Tensor, processed: Any) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.from_numpy(processed.pixel_values),
+            "image_grid_thw": torch.tensor([[1, *processed.grid]]),
+            "mm_token_type_ids": (input_ids == model.config.image_token_id).to(torch.int32)}
+
+
 def load_model(model_dir: Path) -> Any:
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -167,4 +173,5 @@ SPEC = register(FamilySpec(
     bundle_metadata=bundle_metadata,
     default_processor=default_processor,
     split_vision=True,
+    reference_inputs=hf_reference_inputs,
 ))

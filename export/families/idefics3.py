@@ -1,0 +1,142 @@
+"""Idefics3 (``Idefics3ForConditionalGeneration``; SmolVLM uses it): SigLIP-style ViT on fixed-size tiles, pixel-shuffle
+connector, Llama decoder with 1-D positions. The runtime splits images into full tiles, so every tile's patch grid is
+complete and its position ids are a constant of the graph (HF derives them per image with ``bucketize``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketvlm.export.families import decoder, vlm_common
+from pocketvlm.export.registry import ComponentDef, FamilySpec, TensorDef, register
+from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul
+
+ROW_COL_TOKENS = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
+
+
+def full_tile_position_ids(per_side: int) -> torch.Tensor:
+    """HF's position ids for a tile whose patches are all valid, computed with HF's own ops (bit-identical)."""
+    boundaries = torch.arange(1 / per_side, 1.0, 1 / per_side)
+    step = 1.0 / torch.tensor([per_side])
+    fractional = torch.clamp(torch.arange(per_side, dtype=torch.float32)[None, :] * step[:, None], max=1.0 - 1e-6)
+    bucket = torch.bucketize(fractional, boundaries, right=True)[0]
+    return (bucket[:, None] * per_side + bucket[None, :]).reshape(-1)
+
+
+class VisionEncoder(torch.nn.Module):
+    """pixel_values [tiles, 3, tile, tile] -> image_embeds [tiles * image_seq_len, text hidden]."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        vision = model.model.vision_model
+        self.embeddings, self.encoder, self.post_layernorm = vision.embeddings, vision.encoder, vision.post_layernorm
+        self.connector = model.model.connector
+        self.patch_embedding = PatchEmbeddingAsMatMul(vision.embeddings.patch_embedding)
+        self.register_buffer("position_ids", full_tile_position_ids(vision.embeddings.num_patches_per_side),
+                             persistent=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        hidden = patches + self.embeddings.position_embedding(self.position_ids)[None]
+        hidden = self.post_layernorm(self.encoder(inputs_embeds=hidden, attention_mask=None).last_hidden_state)
+        embeds = self.connector(hidden)
+        return embeds.reshape(-1, embeds.shape[-1])
+
+
+def vision_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]:
+    size = config.vision_config.image_size
+    return ((TensorDef("pixel_values", "float32", ("tiles", 3, size, size)),),
+            (TensorDef("image_embeds", "float32", ("image_tokens", config.text_config.hidden_size)),))
+
+
+def vision_example(config: Any) -> dict[str, torch.Tensor]:
+    size = config.vision_config.image_size
+    return {"pixel_values": torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))}
+
+
+def text_decoder(model: Any) -> torch.nn.Module:
+    return decoder.CachedTextDecoder(model.model.text_model, model.lm_head, model.config.image_token_id,
+                                     model.config.text_config.num_hidden_layers)
+
+
+def load_model(model_dir: Path) -> Any:
+    from transformers import Idefics3ForConditionalGeneration
+
+    return Idefics3ForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                            attn_implementation="eager", local_files_only=True).eval()
+
+
+def from_config(config: Any) -> Any:
+    from transformers import Idefics3ForConditionalGeneration
+
+    config._attn_implementation = "eager"
+    return Idefics3ForConditionalGeneration(config).eval()
+
+
+def tiny_config(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab_size: int = 512,
+                vision_hidden: int = 32, vision_layers: int = 2, initializer_range: float = 0.5,
+                image_token_id: int = 4, eos_token_id: int = 2, pad_token_id: int = 0) -> Any:
+    from transformers import Idefics3Config
+
+    return Idefics3Config(
+        vision_config=dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+                           num_hidden_layers=vision_layers, num_attention_heads=2, image_size=32, patch_size=8,
+                           initializer_range=initializer_range),
+        text_config=dict(model_type="llama", vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=2048, initializer_range=initializer_range, tie_word_embeddings=True,
+                         eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None),
+        scale_factor=2, image_token_id=image_token_id, tie_word_embeddings=True, initializer_range=initializer_range,
+    )
+
+
+def default_processor(config: Any) -> Any:
+    from transformers import Idefics3ImageProcessor
+
+    tile = config.vision_config.image_size
+    return Idefics3ImageProcessor(size={"longest_edge": 4 * tile}, max_image_size={"longest_edge": tile})
+
+
+def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, Any]:
+    config = model.config
+    proc = vlm_common.image_processor(model_dir, lambda: default_processor(config))
+    vc = config.vision_config
+    image = {"kind": "idefics3", "resample": vlm_common.resample_name(proc),
+             "rescale_factor": float(proc.rescale_factor), "mean": [float(x) for x in proc.image_mean],
+             "std": [float(x) for x in proc.image_std],
+             "longest_edge": int(vlm_common.field(proc.size, "longest_edge")),
+             "tile_size": int(vlm_common.field(proc.max_image_size, "longest_edge")),
+             "split": bool(proc.do_image_splitting),
+             "image_seq_len": int((vc.image_size // vc.patch_size) ** 2 // config.scale_factor**2)}
+    if image["tile_size"] != vc.image_size:
+        raise ValueError(f"processor tile {image['tile_size']} != vision image_size {vc.image_size}")
+    special = {"image_token_id": config.image_token_id, "fake_image_token": "<fake_token_around_image>",
+               "global_image_token": "<global-img>"}
+    return vlm_common.vlm_metadata(model, model_dir, bundle_dir, image, special, position_ids="1d",
+                                   image_token="<image>")
+
+
+def hf_reference_inputs(model: Any, input_ids: torch.Tensor, processed: Any) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.from_numpy(processed.pixel_values)[None]}
+
+
+SPEC = register(FamilySpec(
+    name="idefics3",
+    model_types=("idefics3",),
+    task="image_text_to_text",
+    components=(
+        ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example,
+                     lambda config: {"tiles": (1, 64), "image_tokens": (1, 1 << 16)}),
+        ComponentDef("text_decoder", text_decoder, lambda c: decoder.decoder_signature(c.text_config, mrope=False),
+                     lambda c: decoder.decoder_example(c.text_config, c.image_token_id, mrope=False),
+                     lambda c: decoder.decoder_bounds(c.text_config)),
+    ),
+    load_model=load_model,
+    tiny_config=tiny_config,
+    from_config=from_config,
+    bundle_metadata=bundle_metadata,
+    default_processor=default_processor,
+    reference_inputs=hf_reference_inputs,
+))
