@@ -4,13 +4,15 @@ complete and its position ids are a constant of the graph (HF derives them per i
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pocketvlm.export.families import decoder, vlm_common
-from pocketvlm.export.registry import ComponentDef, FamilySpec, TensorDef, register
+from pocketvlm.export.families.loading import hf_loaders
+from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul
 
 ROW_COL_TOKENS = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
@@ -61,18 +63,7 @@ def text_decoder(model: Any) -> torch.nn.Module:
                                      model.config.text_config.num_hidden_layers)
 
 
-def load_model(model_dir: Path) -> Any:
-    from transformers import Idefics3ForConditionalGeneration
-
-    return Idefics3ForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                            attn_implementation="eager", local_files_only=True).eval()
-
-
-def from_config(config: Any) -> Any:
-    from transformers import Idefics3ForConditionalGeneration
-
-    config._attn_implementation = "eager"
-    return Idefics3ForConditionalGeneration(config).eval()
+load_model, from_config = hf_loaders("Idefics3ForConditionalGeneration")
 
 
 def tiny_config(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab_size: int = 512,
@@ -122,21 +113,10 @@ def hf_reference_inputs(model: Any, input_ids: torch.Tensor, processed: Any) -> 
     return {"pixel_values": torch.from_numpy(processed.pixel_values)[None]}
 
 
-SPEC = register(FamilySpec(
-    name="idefics3",
-    model_types=("idefics3",),
-    task="image_text_to_text",
-    components=(
-        ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example,
-                     lambda config: {"tiles": (1, 64), "image_tokens": (1, 1 << 16)}),
-        ComponentDef("text_decoder", text_decoder, lambda c: decoder.decoder_signature(c.text_config, mrope=False),
-                     lambda c: decoder.decoder_example(c.text_config, c.image_token_id, mrope=False),
-                     lambda c: decoder.decoder_bounds(c.text_config)),
-    ),
-    load_model=load_model,
-    tiny_config=tiny_config,
-    from_config=from_config,
-    bundle_metadata=bundle_metadata,
-    default_processor=default_processor,
-    reference_inputs=hf_reference_inputs,
-))
+SPEC = vlm_common.register_vlm(
+    sys.modules[__name__], "idefics3",
+    ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example,
+                 lambda config: {"tiles": (1, 64), "image_tokens": (1, 1 << 16)}),
+    vlm_common.text_decoder_component(text_decoder, mrope=False),
+    split_vision=False,
+)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pocketvlm.export.families import decoder, qwen2_vl
-from pocketvlm.export.registry import ComponentDef, FamilySpec, TensorDef, register
+from pocketvlm.export.families import qwen2_vl, vlm_common
+from pocketvlm.export.families.loading import hf_loaders
+from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import swapped
 
 
@@ -56,19 +58,7 @@ def vision_example(config: Any) -> dict[str, torch.Tensor]:
     return {**feeds, "window_index": torch.from_numpy(index), "window_ids": torch.from_numpy(ids)}
 
 
-def load_model(model_dir: Path) -> Any:
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                              attn_implementation="eager",
-                                                              local_files_only=True).eval()
-
-
-def from_config(config: Any) -> Any:
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    config._attn_implementation = "eager"
-    return Qwen2_5_VLForConditionalGeneration(config).eval()
+load_model, from_config = hf_loaders("Qwen2_5_VLForConditionalGeneration")
 
 
 @functools.wraps(qwen2_vl.tiny_config, assigned=("__doc__",))
@@ -96,8 +86,8 @@ def tiny_config(**kwargs: Any) -> Any:
 tiny_config.__signature__ = inspect.signature(qwen2_vl.tiny_config)  # type: ignore[attr-defined]
 
 
-def default_processor(config: Any) -> Any:
-    return qwen2_vl.default_processor(config)
+default_processor = qwen2_vl.default_processor
+hf_reference_inputs = qwen2_vl.hf_reference_inputs
 
 
 def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, Any]:
@@ -108,23 +98,9 @@ def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, 
     return meta
 
 
-SPEC = register(FamilySpec(
-    name="qwen2_5_vl",
-    model_types=("qwen2_5_vl",),
-    task="image_text_to_text",
-    components=(
-        ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example,
-                     lambda config: {"patches": (4, 1 << 20), "image_tokens": (1, 1 << 18)}),
-        ComponentDef("text_decoder", qwen2_vl.text_decoder,
-                     lambda c: decoder.decoder_signature(c.text_config, mrope=True),
-                     lambda c: decoder.decoder_example(c.text_config, c.image_token_id, mrope=True),
-                     lambda c: decoder.decoder_bounds(c.text_config)),
-    ),
-    load_model=load_model,
-    tiny_config=tiny_config,
-    from_config=from_config,
-    bundle_metadata=bundle_metadata,
-    default_processor=default_processor,
+SPEC = vlm_common.register_vlm(
+    sys.modules[__name__], "qwen2_5_vl",
+    ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example, qwen2_vl.VISION_BOUNDS),
+    vlm_common.text_decoder_component(qwen2_vl.text_decoder, mrope=True),
     split_vision=True,
-    reference_inputs=qwen2_vl.hf_reference_inputs,
-))
+)

@@ -4,13 +4,15 @@ Qwen2 decoder with M-RoPE (3-D positions computed by the runtime)."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pocketvlm.export.families import decoder, vlm_common
-from pocketvlm.export.registry import ComponentDef, FamilySpec, TensorDef, register
+from pocketvlm.export.families.loading import hf_loaders
+from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import swapped
 
 
@@ -65,6 +67,9 @@ class VisionEncoder(torch.nn.Module):
         return out.pooler_output
 
 
+VISION_BOUNDS = lambda config: {"patches": (4, 1 << 20), "image_tokens": (1, 1 << 18)}  # noqa: E731
+
+
 def vision_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]:
     vc = config.vision_config
     patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
@@ -96,18 +101,7 @@ def hf_reference_inputs(model: Any, input_ids: torch.Tensor, processed: Any) -> 
             "mm_token_type_ids": (input_ids == model.config.image_token_id).to(torch.int32)}
 
 
-def load_model(model_dir: Path) -> Any:
-    from transformers import Qwen2VLForConditionalGeneration
-
-    return Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                           attn_implementation="eager", local_files_only=True).eval()
-
-
-def from_config(config: Any) -> Any:
-    from transformers import Qwen2VLForConditionalGeneration
-
-    config._attn_implementation = "eager"
-    return Qwen2VLForConditionalGeneration(config).eval()
+load_model, from_config = hf_loaders("Qwen2VLForConditionalGeneration")
 
 
 def tiny_config(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab_size: int = 512,
@@ -156,22 +150,9 @@ def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, 
                                    image_token="<|image_pad|>")
 
 
-SPEC = register(FamilySpec(
-    name="qwen2_vl",
-    model_types=("qwen2_vl",),
-    task="image_text_to_text",
-    components=(
-        ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example,
-                     lambda config: {"patches": (4, 1 << 20), "image_tokens": (1, 1 << 18)}),
-        ComponentDef("text_decoder", text_decoder, lambda c: decoder.decoder_signature(c.text_config, mrope=True),
-                     lambda c: decoder.decoder_example(c.text_config, c.image_token_id, mrope=True),
-                     lambda c: decoder.decoder_bounds(c.text_config)),
-    ),
-    load_model=load_model,
-    tiny_config=tiny_config,
-    from_config=from_config,
-    bundle_metadata=bundle_metadata,
-    default_processor=default_processor,
+SPEC = vlm_common.register_vlm(
+    sys.modules[__name__], "qwen2_vl",
+    ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example, VISION_BOUNDS),
+    vlm_common.text_decoder_component(text_decoder, mrope=True),
     split_vision=True,
-    reference_inputs=hf_reference_inputs,
-))
+)

@@ -5,13 +5,15 @@ onnxruntime-genai drops DeepStack; here the vision encoder returns the stacked f
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pocketvlm.export.families import decoder, qwen2_vl
-from pocketvlm.export.registry import ComponentDef, FamilySpec, TensorDef, register
+from pocketvlm.export.families import decoder, qwen2_vl, vlm_common
+from pocketvlm.export.families.loading import hf_loaders
+from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import swapped
 
 
@@ -109,18 +111,7 @@ def text_decoder(model: Any) -> torch.nn.Module:
                                 model.config.text_config.num_hidden_layers)
 
 
-def load_model(model_dir: Path) -> Any:
-    from transformers import Qwen3VLForConditionalGeneration
-
-    return Qwen3VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                           attn_implementation="eager", local_files_only=True).eval()
-
-
-def from_config(config: Any) -> Any:
-    from transformers import Qwen3VLForConditionalGeneration
-
-    config._attn_implementation = "eager"
-    return Qwen3VLForConditionalGeneration(config).eval()
+load_model, from_config = hf_loaders("Qwen3VLForConditionalGeneration")
 
 
 def tiny_config(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab_size: int = 512,
@@ -147,6 +138,9 @@ def tiny_config(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int
     )
 
 
+hf_reference_inputs = qwen2_vl.hf_reference_inputs
+
+
 def default_processor(config: Any) -> Any:
     from transformers import Qwen2VLImageProcessor
 
@@ -163,21 +157,10 @@ def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, 
     return meta
 
 
-SPEC = register(FamilySpec(
-    name="qwen3_vl",
-    model_types=("qwen3_vl",),
-    task="image_text_to_text",
-    components=(
-        ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example,
-                     lambda config: {"patches": (4, 1 << 20), "image_tokens": (1, 1 << 18)}),
-        ComponentDef("text_decoder", text_decoder, decoder_signature, decoder_example,
-                     lambda c: decoder.decoder_bounds(c.text_config)),
-    ),
-    load_model=load_model,
-    tiny_config=tiny_config,
-    from_config=from_config,
-    bundle_metadata=bundle_metadata,
-    default_processor=default_processor,
+SPEC = vlm_common.register_vlm(
+    sys.modules[__name__], "qwen3_vl",
+    ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example, qwen2_vl.VISION_BOUNDS),
+    ComponentDef("text_decoder", text_decoder, decoder_signature, decoder_example,
+                 lambda c: decoder.decoder_bounds(c.text_config)),
     split_vision=True,
-    reference_inputs=qwen2_vl.hf_reference_inputs,
-))
+)

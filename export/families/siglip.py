@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from pocketvlm.export.families import dual_encoder as common
+from pocketvlm.export.families.loading import hf_loaders
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul, swapped
 
 
@@ -42,18 +43,7 @@ def eos_id(config: Any) -> int:
     return int(config.text_config.eos_token_id)
 
 
-def load_model(model_dir: Path) -> Any:
-    from transformers import SiglipModel
-
-    return SiglipModel.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager",
-                                       local_files_only=True).eval()
-
-
-def from_config(config: Any) -> Any:
-    from transformers import SiglipModel
-
-    config._attn_implementation = "eager"
-    return SiglipModel(config).eval()
+load_model, from_config = hf_loaders("SiglipModel")
 
 
 def tiny_config(hidden: int = 64, layers: int = 2, heads: int = 4, vocab_size: int = 512, image_size: int = 32,

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from pocketvlm.export.families import decoder
 from pocketvlm.export.families.decoder import kv_shape
+from pocketvlm.export.registry import ComponentDef, FamilySpec, register
 from pocketvlm.export.tokenizer import load_hf_tokenizer, write_tokenizer
 from pocketvlm.runtime.errors import TokenizerError
 from pocketvlm.runtime.image import RESAMPLE_NAMES
@@ -92,3 +95,22 @@ def vlm_metadata(model: Any, model_dir: Path, bundle_dir: Path, image: dict[str,
                    "table is stored once and there is no separate token_embedding component",
         },
     }
+
+
+def text_decoder_component(wrap: Callable[[Any], Any], mrope: bool) -> ComponentDef:
+    """The shared ``text_decoder`` component over ``config.text_config``."""
+    return ComponentDef("text_decoder", wrap, lambda c: decoder.decoder_signature(c.text_config, mrope=mrope),
+                        lambda c: decoder.decoder_example(c.text_config, c.image_token_id, mrope=mrope),
+                        lambda c: decoder.decoder_bounds(c.text_config))
+
+
+def register_vlm(module: ModuleType, name: str, vision: ComponentDef, text: ComponentDef,
+                 split_vision: bool) -> FamilySpec:
+    """Register a VLM family module by its fixed interface: ``load_model``, ``from_config``, ``tiny_config``,
+    ``bundle_metadata``, ``default_processor`` and ``hf_reference_inputs``."""
+    return register(FamilySpec(
+        name=name, model_types=(name,), task="image_text_to_text", components=(vision, text),
+        load_model=module.load_model, tiny_config=module.tiny_config, from_config=module.from_config,
+        bundle_metadata=module.bundle_metadata, default_processor=module.default_processor,
+        split_vision=split_vision, reference_inputs=module.hf_reference_inputs,
+    ))
