@@ -4,13 +4,17 @@
 (``int8`` or ``int8,text_encoder=int4``) or a JSON file, and is recorded in the manifest.
 
 - ``fp16``: weights and compute in float16, float32 graph inputs/outputs kept for the runtime.
-- ``int8``: ONNX Runtime dynamic quantization: MatMul weights int8 per-channel, activations uint8 per tensor at run
-  time; Gather tables (token embeddings) uint8.
+- ``int8``: encoders get ONNX Runtime dynamic quantization (MatMul weights int8 per channel, activations quantized
+  per tensor at run time, Gather tables int8); ``text_decoder`` gets weight-only int8 (MatMulNBits, 8 bits, block
+  32), since per-tensor activation quantization loses accuracy on decoder activation outliers and decode is
+  memory-bound anyway (``int8_weight_only`` overrides).
 - ``int4``: MatMulNBits, weight-only, block-wise symmetric (block 32 by default) with error-minimising scales
   (``export/int4.py``). The first and last weight layers of each graph stay 8-bit (``first_layer_bits``,
   ``last_layer_bits``; on the medium random SigLIP the first alone lifts the worst-photo image cosine from 0.977 to
-  0.983 for +2.5% bytes), and Gather tables stay
-  8-bit (4-bit embedding tables measured cosine 0.90-0.96 on other targets).
+  0.983 for +2.5% bytes), and embedding tables stay 8-bit (4-bit embedding tables measured cosine 0.90-0.96 on
+  other targets).
+- A tied embedding / LM-head table becomes one 8-bit block-quantized initializer read by both GatherBlockQuantized
+  and MatMulNBits (int8 and int4), so it is stored once.
 """
 
 from __future__ import annotations
@@ -70,10 +74,10 @@ class QuantSpec:
                     "activations": "float32", "op_types": ["MatMul", "Gemm", "Gather"], "block_size": self.block_size,
                     "symmetric": True, "embedding_bits": self.embedding_bits}
         if self.method == "int8":
-            return {"method": "int8", "weights": "int8 per-channel (MatMul), uint8 (Gather)",
+            return {"method": "int8", "weights": "int8 per-channel (MatMul), int8 (Gather)",
                     "activations": "uint8 dynamic per-tensor", "op_types": ["MatMul", "Gather"]}
         return {"method": "int4", "weights": "int4 block-wise symmetric, MSE-searched scales (MatMulNBits)",
-                "activations": "float32", "op_types": ["MatMul", "Gather"], "block_size": self.block_size,
+                "activations": "float32", "op_types": ["MatMul", "Gemm", "Gather"], "block_size": self.block_size,
                 "symmetric": True, "embedding_bits": self.embedding_bits, "first_layer_bits": self.first_layer_bits,
                 "last_layer_bits": self.last_layer_bits}
 
