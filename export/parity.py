@@ -61,13 +61,14 @@ def _hf_text_inputs(model_dir: Path, prompts: list[str], manifest: dict[str, Any
     return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
-def dual_encoder_parity(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    with quiet_transformers():
-        return _dual_encoder_parity(*args, **kwargs)
-
-
-def _dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: list[str] | None = None,
+def dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: list[str] | None = None,
                         photos: dict[str, Any] | None = None) -> dict[str, Any]:
+    with quiet_transformers():
+        return _dual_encoder_parity(bundle_dir, model_dir, labels, photos)
+
+
+def _dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: list[str] | None,
+                         photos: dict[str, Any] | None) -> dict[str, Any]:
     import torch
 
     bundle_dir, model_dir = Path(bundle_dir), Path(model_dir)
