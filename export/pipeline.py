@@ -32,6 +32,15 @@ TOOLS = ("pocketvlm", "torch", "transformers", "onnx", "onnxscript", "onnxruntim
 Progress = Callable[[str], None]
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (Linux and macOS report ru_maxrss in KiB and bytes respectively)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)
+
+
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in TOOLS:
@@ -172,7 +181,8 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[C
     def tick(message: str) -> None:
         nonlocal step
         step += 1
-        say(f"[{step}/{steps}] {message} ({time.perf_counter() - started:.1f}s)")
+        elapsed = time.perf_counter() - started
+        say(f"[{step}/{steps}] {message} ({elapsed:.1f}s, peak RSS so far {peak_rss_gb():.1f} GB)")
 
     tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
     model = _load(family, checkpoint)
