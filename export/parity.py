@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from pocketvlm.export.checkpoint import read_checkpoint
+from pocketvlm.export.families.loading import image_processor
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.photos import PHOTO_LABELS, load_photos
-from pocketvlm.export.registry import FamilySpec, get_family
+from pocketvlm.export.registry import get_family
 from pocketvlm.runtime.dual_encoder import DualEncoder
 from pocketvlm.runtime.errors import BundleError
 
@@ -41,14 +42,6 @@ class Comparison:
 def _features(output: Any) -> np.ndarray:
     tensor = output if hasattr(output, "detach") else output.pooler_output
     return tensor.detach().float().numpy()
-
-
-def _hf_processor(family: FamilySpec, model: Any, model_dir: Path) -> Any:
-    from transformers import AutoImageProcessor
-
-    if (model_dir / "preprocessor_config.json").is_file():
-        return AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
-    return family.default_processor(model.config)
 
 
 def _hf_text_inputs(model_dir: Path, prompts: list[str], manifest: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -86,7 +79,8 @@ def _dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: 
     images = list(photos.values())
     prompts = runner.prompts(labels)
 
-    hf_pixels = np.asarray(_hf_processor(family, model, model_dir)(images, return_tensors="np")["pixel_values"])
+    processor = image_processor(model_dir, lambda: family.default_processor(model.config))
+    hf_pixels = np.asarray(processor(images, return_tensors="np")["pixel_values"])
     our_pixels = runner.pixel_values(images)
     # Feed the reference what the exported tower takes: SigLIP is run without an attention mask, as it was trained.
     text_inputs = {t.name for t in runner.bundle.component("text_encoder").inputs}

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
+from pocketvlm.export.families.loading import field, image_processor, resample_name
 from pocketvlm.export.registry import ComponentDef, FamilySpec, TensorDef, Tolerances, register
 from pocketvlm.export.tokenizer import load_hf_tokenizer, write_tokenizer
-from pocketvlm.runtime.image import RESAMPLE_NAMES, ImagePreprocess
+from pocketvlm.runtime.image import ImagePreprocess
 from pocketvlm.runtime.text import TextConfig
 
 
@@ -67,34 +68,24 @@ def project_rows(projection: torch.nn.Module, rows: torch.Tensor) -> torch.Tenso
 
 def image_preprocess(model_dir: Path, default: Callable[[], Any]) -> ImagePreprocess:
     """Constants of the checkpoint's image processor (or the family default when it ships none)."""
-    from transformers import AutoImageProcessor
-
-    if (model_dir / "preprocessor_config.json").is_file():
-        proc = AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
-    else:
-        proc = default()
-    size = {k: int(v) for k in ("shortest_edge", "height", "width") if (v := _field(proc.size, k)) is not None}
+    proc = image_processor(model_dir, default)
+    size = {k: int(v) for k in ("shortest_edge", "height", "width") if (v := field(proc.size, k)) is not None}
     if "shortest_edge" in size:
         resize = {"shortest_edge": size["shortest_edge"]}
     else:
         resize = {"height": size["height"], "width": size["width"]}
     crop = None
     if getattr(proc, "do_center_crop", False):
-        crop = {"height": int(_field(proc.crop_size, "height")), "width": int(_field(proc.crop_size, "width"))}
+        crop = {"height": int(field(proc.crop_size, "height")), "width": int(field(proc.crop_size, "width"))}
     normalize = getattr(proc, "do_normalize", True)
     return ImagePreprocess(
         resize=resize,
-        resample=RESAMPLE_NAMES[int(proc.resample)],
+        resample=resample_name(proc),
         center_crop=crop,
         rescale_factor=float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else 1.0,
         mean=tuple(float(x) for x in proc.image_mean) if normalize else (0.0, 0.0, 0.0),
         std=tuple(float(x) for x in proc.image_std) if normalize else (1.0, 1.0, 1.0),
     )
-
-
-def _field(size: Any, key: str) -> Any:
-    """transformers 5 keeps sizes as a SizeDict dataclass; older configs as plain dicts."""
-    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
 
 
 def dual_encoder_metadata(model_dir: Path, bundle_dir: Path, preprocess: ImagePreprocess, max_length: int,

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from pocketvlm.export.families import decoder, vlm_common
-from pocketvlm.export.families.loading import hf_loaders
+from pocketvlm.export.families.loading import field, hf_loaders, image_processor, resample_name
 from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul
 
@@ -92,13 +92,13 @@ def default_processor(config: Any) -> Any:
 
 def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, Any]:
     config = model.config
-    proc = vlm_common.image_processor(model_dir, lambda: default_processor(config))
+    proc = image_processor(model_dir, lambda: default_processor(config))
     vc = config.vision_config
-    image = {"kind": "idefics3", "resample": vlm_common.resample_name(proc),
+    image = {"kind": "idefics3", "resample": resample_name(proc),
              "rescale_factor": float(proc.rescale_factor), "mean": [float(x) for x in proc.image_mean],
              "std": [float(x) for x in proc.image_std],
-             "longest_edge": int(vlm_common.field(proc.size, "longest_edge")),
-             "tile_size": int(vlm_common.field(proc.max_image_size, "longest_edge")),
+             "longest_edge": int(field(proc.size, "longest_edge")),
+             "tile_size": int(field(proc.max_image_size, "longest_edge")),
              "split": bool(proc.do_image_splitting),
              "image_seq_len": int((vc.image_size // vc.patch_size) ** 2 // config.scale_factor**2)}
     if image["tile_size"] != vc.image_size:

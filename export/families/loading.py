@@ -1,5 +1,5 @@
-"""Loading a family's transformers class from a checkpoint directory or a config, the same way for every family:
-float32, eager attention (plain MatMul/Softmax graphs every target can take), local files only."""
+"""Loading a family's transformers class and image processor from a checkpoint directory, the same way for every
+family: float32, eager attention (plain MatMul/Softmax graphs every target can take), local files only."""
 
 from __future__ import annotations
 
@@ -27,3 +27,23 @@ def hf_loaders(class_name: str) -> tuple[Callable[[Path], Any], Callable[[Any], 
         return model_class()(config).eval()
 
     return load_model, from_config
+
+
+def image_processor(model_dir: Path, default: Callable[[], Any]) -> Any:
+    """The checkpoint's image processor, or the family default when it ships no preprocessor_config.json."""
+    from transformers import AutoImageProcessor
+
+    if (model_dir / "preprocessor_config.json").is_file():
+        return AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
+    return default()
+
+
+def field(size: Any, key: str) -> Any:
+    """transformers 5 keeps sizes as a SizeDict dataclass; older configs as plain dicts."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def resample_name(processor: Any) -> str:
+    from pocketvlm.runtime.image import RESAMPLE_NAMES
+
+    return RESAMPLE_NAMES[int(processor.resample)]

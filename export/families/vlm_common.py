@@ -14,27 +14,9 @@ from pocketvlm.export.families.decoder import kv_shape
 from pocketvlm.export.registry import ComponentDef, FamilySpec, register
 from pocketvlm.export.tokenizer import load_hf_tokenizer, write_tokenizer
 from pocketvlm.runtime.errors import TokenizerError
-from pocketvlm.runtime.image import RESAMPLE_NAMES
 from pocketvlm.runtime.text import TextConfig
 
 CHAT_TEMPLATE = "chat_template.jinja"
-
-
-def field(size: Any, key: str) -> Any:
-    """transformers 5 keeps sizes as a SizeDict dataclass; older configs as plain dicts."""
-    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-
-
-def resample_name(processor: Any) -> str:
-    return RESAMPLE_NAMES[int(processor.resample)]
-
-
-def image_processor(model_dir: Path, default: Callable[[], Any]) -> Any:
-    from transformers import AutoImageProcessor
-
-    if (model_dir / "preprocessor_config.json").is_file():
-        return AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
-    return default()
 
 
 def chat_template(model_dir: Path, tokenizer: Any) -> str:
