@@ -69,12 +69,11 @@ def _component_record(component: ComponentDef, config: Any, path: Path, quant: d
 
     name = component.name
     inputs, outputs = component.signature(config)
-    graph = onnx.load(str(path), load_external_data=False).graph
-    got = [i.name for i in graph.input]
+    model = onnx.load(str(path), load_external_data=False)  # parsed once: a 2B decoder's graph is over 1 GB
+    got = [i.name for i in model.graph.input]
     if got != [t.name for t in inputs]:
         raise ExportError(f"{name}: exported graph inputs {got} differ from the declared {[t.name for t in inputs]}",
                           "fix the family's component signature")
-    model = onnx.load(str(path), load_external_data=False)
     return {
         "file": path.name,
         "sha256": sha256_file(path),

@@ -193,16 +193,15 @@ def _quantize(model: Any, dst: Path, spec: QuantSpec) -> None:
             matmuls_to_nbits(model, block_size=spec.block_size, bits=8)
             save_onnx(model, dst)
         elif spec.method == "int8":
-            _int8(model, dst, gather=True)
+            _int8_dynamic(model, dst)
         else:
             _int4(model, dst, spec)
 
 
-def _int8(model: Any, dst: Path, gather: bool) -> None:
+def _int8_dynamic(model: Any, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    op_types = ["MatMul", "Gather"] if gather else ["MatMul"]
-    quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
+    quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"],
                      per_channel=True, extra_options={"MatMulConstBOnly": True})
 
 
