@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pocketvlm.runtime.image import RESAMPLE, to_rgb
+from pocketvlm.runtime.image import RESAMPLE, rescale_normalize, to_rgb
 
 MAX_IMAGE_SIZE = 4096  # transformers' absolute cap on the longest edge
 
@@ -70,9 +70,7 @@ def preprocess(image: Image.Image, config: dict[str, Any]) -> TiledImage:
             frames = [resized]
     else:
         frames = [resized.resize((tile, tile), resample=resample)]
-    mean, std = np.asarray(config["mean"], np.float32), np.asarray(config["std"], np.float32)
-    tiles = [((np.asarray(f).astype(np.float64) * config["rescale_factor"]).astype(np.float32) - mean) / std
-             for f in frames]
+    tiles = [rescale_normalize(np.asarray(f), config["rescale_factor"], config["mean"], config["std"]) for f in frames]
     return TiledImage(np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2), dtype=np.float32), rows, cols)
 
 

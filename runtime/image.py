@@ -83,6 +83,12 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
         )
 
 
+def rescale_normalize(array: np.ndarray, factor: float, mean: Any, std: Any) -> np.ndarray:
+    """HWC uint8 -> HWC float32 as transformers does it: rescale in float64, cast, then normalise in float32."""
+    scaled = (array.astype(np.float64) * factor).astype(np.float32)
+    return (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB conversion as transformers does it: transparency is composited onto white."""
     if "A" in image.getbands() or image.info.get("transparency") is not None:
@@ -147,10 +153,8 @@ class ImagePreprocess:
         array = np.asarray(rgb.resize((width, height), resample=RESAMPLE[self.resample]))
         if self.center_crop:
             array = _center_crop(array, self.center_crop["height"], self.center_crop["width"])
-        scaled = (array.astype(np.float64) * self.rescale_factor).astype(np.float32)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1))
+        normalized = rescale_normalize(array, self.rescale_factor, self.mean, self.std)
+        return np.ascontiguousarray(normalized.transpose(2, 0, 1))
 
     def batch(self, images: list[Image.Image]) -> np.ndarray:
         return np.stack([self(image) for image in images]).astype(np.float32)

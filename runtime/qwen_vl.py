@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from pocketvlm.runtime.errors import ImageError
-from pocketvlm.runtime.image import RESAMPLE, to_rgb
+from pocketvlm.runtime.image import RESAMPLE, rescale_normalize, to_rgb
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,7 @@ def preprocess(image: Image.Image, config: dict[str, Any]) -> QwenImage:
     rgb = to_rgb(image)
     height, width = smart_resize(rgb.height, rgb.width, patch * merge, config["min_pixels"], config["max_pixels"])
     array = np.asarray(rgb.resize((width, height), resample=RESAMPLE[config["resample"]]))
-    scaled = (array.astype(np.float64) * config["rescale_factor"]).astype(np.float32)
-    normalized = (scaled - np.asarray(config["mean"], np.float32)) / np.asarray(config["std"], np.float32)
-    chw = normalized.transpose(2, 0, 1)
+    chw = rescale_normalize(array, config["rescale_factor"], config["mean"], config["std"]).transpose(2, 0, 1)
     rows, cols = height // patch, width // patch
     patches = chw.reshape(3, rows // merge, merge, patch, cols // merge, merge, patch)
     patches = patches.transpose(1, 4, 2, 5, 0, 3, 6)  # block row, block col, row in block, col in block, C, P, P
