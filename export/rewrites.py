@@ -54,3 +54,19 @@ def swapped(parent: torch.nn.Module, name: str, replacement: torch.nn.Module) ->
         yield
     finally:
         setattr(parent, name, original)
+
+
+@contextlib.contextmanager
+def swapped_attribute(owner: object, name: str, value: object) -> Iterator[None]:
+    """Temporarily shadow a method or attribute on one instance; removes the shadow afterwards (the class's own
+    attribute shows through again, as before)."""
+    had = name in vars(owner)
+    original = vars(owner).get(name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(owner, name, original)
+        else:
+            delattr(owner, name)

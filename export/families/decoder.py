@@ -21,6 +21,15 @@ import torch
 from pocketvlm.export.registry import TensorDef
 
 
+def image_rows(is_image: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[batch, seq, hidden]: at image-token positions the next row of ``rows`` (in order, batch-major), elsewhere
+    some valid row (mask it out). HF uses boolean-mask indexing, a data-dependent shape that does not export."""
+    flags = is_image.to(torch.int64)
+    counts = flags.sum(-1)
+    index = torch.cumsum(flags, dim=-1) - 1 + (torch.cumsum(counts, 0) - counts)[:, None]
+    return rows[index.clamp(min=0, max=rows.shape[0] - 1)]
+
+
 class CachedTextDecoder(torch.nn.Module):
     def __init__(self, language_model: Any, lm_head: torch.nn.Module, image_token_id: int, num_layers: int) -> None:
         super().__init__()
@@ -33,11 +42,7 @@ class CachedTextDecoder(torch.nn.Module):
         """Embed tokens; put image rows at image-token positions in order, batch-major (no data-dependent shapes)."""
         embeds = self.language_model.embed_tokens(input_ids)
         is_image = input_ids == self.image_token_id
-        counts = is_image.to(torch.int64).sum(-1)
-        before = torch.cumsum(counts, 0) - counts
-        index = torch.cumsum(is_image.to(torch.int64), dim=-1) - 1 + before[:, None]
-        index = index.clamp(min=0, max=image_embeds.shape[0] - 1)
-        return torch.where(is_image[..., None], image_embeds[index].to(embeds.dtype), embeds)
+        return torch.where(is_image[..., None], image_rows(is_image, image_embeds).to(embeds.dtype), embeds)
 
     def forward(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -14,7 +14,7 @@ import torch
 from pocketvlm.export.families import decoder, qwen2_vl, vlm_common
 from pocketvlm.export.families.loading import hf_loaders
 from pocketvlm.export.registry import ComponentDef, TensorDef
-from pocketvlm.export.rewrites import swapped
+from pocketvlm.export.rewrites import swapped, swapped_attribute
 
 
 class VisionEncoder(torch.nn.Module):
@@ -40,9 +40,7 @@ class VisionEncoder(torch.nn.Module):
 
 def _deepstack_add(hidden: torch.Tensor, is_image: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
     """Export-friendly DeepStack injection: HF indexes with a boolean mask (a data-dependent shape)."""
-    counts = is_image.to(torch.int64).sum(-1)
-    index = torch.cumsum(is_image.to(torch.int64), dim=-1) - 1 + (torch.cumsum(counts, 0) - counts)[:, None]
-    rows = embeds[index.clamp(min=0, max=embeds.shape[0] - 1)].to(hidden.dtype)
+    rows = decoder.image_rows(is_image, embeds).to(hidden.dtype)
     return hidden + torch.where(is_image[..., None], rows, torch.zeros_like(rows))
 
 
@@ -56,19 +54,6 @@ class DeepstackTextDecoder(decoder.CachedTextDecoder):
         extra = {"visual_pos_masks": is_image, "deepstack_visual_embeds": list(deepstack_embeds.unbind(0))}
         with swapped_attribute(self.language_model, "_deepstack_process", _deepstack_add):
             return self.run(input_ids, image_embeds, position_ids, attention_mask, past, extra)
-
-
-@contextlib.contextmanager
-def swapped_attribute(owner: Any, name: str, value: Any) -> Any:
-    original = owner.__dict__.get(name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        if original is None:
-            delattr(owner, name)
-        else:
-            setattr(owner, name, original)
 
 
 def vision_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]:
