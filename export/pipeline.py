@@ -134,31 +134,46 @@ def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onn
                   quant: QuantConfig | None = None, progress: Progress | None = None,
                   split_vision: bool = False) -> Path:
     """Export a checkpoint directory to a verified-on-load bundle. Returns the bundle directory."""
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    quant = quant or QuantConfig()
+    return export_bundles(model_dir, [(out_dir, quant or QuantConfig())], target, progress, split_vision)[0]
+
+
+def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantConfig]], target: str = "onnx",
+                   progress: Progress | None = None, split_vision: bool = False) -> list[Path]:
+    """Export one checkpoint to several bundles (e.g. fp32, int8 and int4) from one load and one fp32 graph export;
+    each bundle is published atomically on its own."""
+    model_dir = Path(model_dir)
+    plan = [(Path(out), quant) for out, quant in outputs]
     say = progress or (lambda message: None)
     if target not in TARGETS:
         raise ExportError(f"target '{target}' is not available in this version",
                           f"use --target {' or '.join(TARGETS)}")
+    if not plan or len({out.resolve() for out, _ in plan}) != len(plan):
+        raise ExportError("each bundle needs its own output directory", "give every quantization its own --out")
     checkpoint = read_checkpoint(model_dir)
     family = family_for_model_type(checkpoint.model_type)
     components = family.export_components(split_vision)
-    quant.check_components(tuple(c.name for c in components))
-    _check_destination(out_dir, model_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    staging.mkdir()
+    for out_dir, quant in plan:
+        quant.check_components(tuple(c.name for c in components))
+        _check_destination(out_dir, model_dir)
+    stagings = []
     try:
+        for out_dir, _ in plan:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_staging(out_dir)
+            stagings.append(out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}"))
+            stagings[-1].mkdir()
         with quiet_transformers():
-            manifest = _export_into(checkpoint, family, components, staging, quant, say, target)
-        (staging / PENDING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _publish(staging, out_dir)
+            manifests = _export_into(checkpoint, family, components, stagings, [q for _, q in plan], say, target)
+        for staging, manifest in zip(stagings, manifests, strict=True):
+            (staging / PENDING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        for staging, (out_dir, _) in zip(stagings, plan, strict=True):
+            _publish(staging, out_dir)
+            say(f"bundle written: {out_dir}")
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        for staging in stagings:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
-    say(f"bundle written: {out_dir}")
-    return out_dir
+    return [out for out, _ in plan]
 
 
 def _load(family: FamilySpec, checkpoint: Checkpoint) -> Any:
@@ -169,12 +184,12 @@ def _load(family: FamilySpec, checkpoint: Checkpoint) -> Any:
                             "check that the weight files are complete and match config.json") from exc
 
 
-def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...], staging: Path,
-                 quant: QuantConfig, say: Progress, target: str) -> dict[str, Any]:
+def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
+                 stagings: list[Path], quants: list[QuantConfig], say: Progress, target: str) -> list[dict[str, Any]]:
     from pocketvlm.export.onnx_export import export_component
 
     started = time.perf_counter()
-    steps = 2 + 2 * len(components)
+    steps = 2 + len(components) * (1 + len(stagings))
     step = 0
 
     def tick(message: str) -> None:
@@ -186,23 +201,35 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[C
     tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
     model = _load(family, checkpoint)
     tick("writing tokenizer and preprocessing constants")
-    extra = family.bundle_metadata(model, checkpoint.path, staging)
-    scratch = staging / "_fp32"
+    extras = [family.bundle_metadata(model, checkpoint.path, staging) for staging in stagings]
+    # the fp32 graphs every bundle is quantized from; named like a staging directory so a killed run's copy is
+    # removed by the next export's stale-staging sweep
+    scratch = stagings[0].with_name(stagings[0].name + "-fp32")
     scratch.mkdir()
-    config = model.config
-    for comp in components:
-        tick(f"exporting {comp.name} to ONNX (fp32)")
-        export_component(model, comp, scratch / f"{comp.name}.onnx")
-    del model  # quantization works on the ONNX files; free the torch weights first (peak memory)
-    gc.collect()
-    records = {}
-    for comp in components:
-        spec = quant.for_component(comp.name)
-        tick(f"quantizing {comp.name} ({spec.method})")
-        final = staging / f"{comp.name}.onnx"
-        quantize_file(scratch / f"{comp.name}.onnx", final, spec)
-        records[comp.name] = _component_record(comp, config, final, spec.record())
-    shutil.rmtree(scratch)
+    try:
+        config = model.config
+        for comp in components:
+            tick(f"exporting {comp.name} to ONNX (fp32)")
+            export_component(model, comp, scratch / f"{comp.name}.onnx")
+        del model  # quantization works on the ONNX files; free the torch weights first (peak memory)
+        gc.collect()
+        manifests = []
+        for staging, quant, extra in zip(stagings, quants, extras, strict=True):
+            records = {}
+            for comp in components:
+                spec = quant.for_component(comp.name)
+                tick(f"quantizing {comp.name} ({spec.method}) into {staging.name.split('.partial-')[0][1:]}")
+                final = staging / f"{comp.name}.onnx"
+                quantize_file(scratch / f"{comp.name}.onnx", final, spec)
+                records[comp.name] = _component_record(comp, config, final, spec.record())
+            manifests.append(_manifest(checkpoint, family, quant, target, config, extra, records, staging))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return manifests
+
+
+def _manifest(checkpoint: Checkpoint, family: FamilySpec, quant: QuantConfig, target: str, config: Any,
+              extra: dict[str, Any], records: dict[str, Any], staging: Path) -> dict[str, Any]:
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     return {
         "schema_version": SCHEMA_VERSION,

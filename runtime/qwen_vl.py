@@ -151,7 +151,7 @@ class QwenAdapter:
         return feeds
 
     def positions(self, input_ids: np.ndarray, processed: QwenImage) -> tuple[np.ndarray, int]:
-        return mrope_positions(input_ids, self.special["image_token_id"], [processed])
+        return mrope_positions(input_ids, self.special["image_token_id"], [processed] if processed is not None else [])
 
     @staticmethod
     def step_position(position: int) -> np.ndarray:

@@ -78,10 +78,13 @@ class VisionLanguageModel:
             raise BundleError(f"the bundle's chat template failed: {exc}",
                               "re-export with a valid chat template") from exc
 
-    def prepare(self, image: ImageInput, prompt: str) -> tuple[np.ndarray, Any]:
-        """Prompt + image -> input_ids (image placeholder expanded to the image's token count) and vision inputs."""
+    def prepare(self, image: ImageInput | None, prompt: str) -> tuple[np.ndarray, Any]:
+        """Prompt + image -> input_ids (image placeholder expanded to the image's token count) and vision inputs.
+        Without an image the prompt is text only and the vision inputs are ``None``."""
         if not prompt.strip():
             raise InputError("the prompt is empty", "pass a question or instruction")
+        if image is None:
+            return np.asarray(self.tokenizer.encode_plain(self.render(prompt, with_image=False)), np.int64), None
         processed = self.adapter.preprocess(load_image(image, self.max_pixels))
         text = self.adapter.expand(self.render(prompt), processed)
         ids = np.asarray(self.tokenizer.encode_plain(text), dtype=np.int64)
@@ -89,7 +92,12 @@ class VisionLanguageModel:
 
     # -- generation ----------------------------------------------------------------------------------------------------
     def encode_image(self, processed: Any) -> dict[str, np.ndarray]:
-        """-> ``image_embeds`` (and ``deepstack_embeds`` for Qwen3-VL)."""
+        """-> ``image_embeds`` (and ``deepstack_embeds`` for Qwen3-VL). ``None`` (a text-only prompt) gives the one
+        unused zero row per input that the decoder graph still needs."""
+        if processed is None:
+            spec = self.bundle.component("text_decoder")
+            return {t.name: np.zeros([d if isinstance(d, int) else 1 for d in t.shape], dtype=np.float32)
+                    for t in spec.inputs if t.name in ("image_embeds", "deepstack_embeds")}
         feeds = self.adapter.vision_feeds(processed)
         if "vision_frontend" in self.sessions:  # split vision side: two stages, possibly on different providers
             feeds["vision_hidden"] = self.sessions["vision_frontend"].run(feeds)["vision_hidden"]
@@ -148,9 +156,11 @@ class VisionLanguageModel:
         text = self.tokenizer.decode([t for t in tokens if t not in stops])
         return GenerationResult(text, tokens, len(input_ids), reason, timings, all_logits if forced else None)
 
-    def generate(self, image: ImageInput, prompt: str = DEFAULT_CAPTION_PROMPT, config: GenerationConfig | None = None,
+    def generate(self, image: ImageInput | None, prompt: str = DEFAULT_CAPTION_PROMPT,
+                 config: GenerationConfig | None = None,
                  on_text: Callable[[str], None] | None = None) -> GenerationResult:
-        """Caption or answer; ``on_text`` receives the text as it grows (complete characters only)."""
+        """Caption or answer (``image=None``: a text-only prompt); ``on_text`` receives the text as it grows
+        (complete characters only)."""
         input_ids, processed = self.prepare(image, prompt)
         config = config or GenerationConfig()
         emitted, ids = "", []
