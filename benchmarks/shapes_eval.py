@@ -1,0 +1,84 @@
+"""Issue 4's quality figures: the trained shapes models on the full easy-VQA test split (1,000 images), in PyTorch
+fp32 and as fp32 / int8 / int4 ONNX bundles. Bundles come from (and are shared with) the ``pocketvlm demo`` cache.
+
+    python benchmarks/shapes_eval.py [--limit N] [--cache DIR] [--out benchmarks/results/shapes_eval.json]
+
+Writes a machine-made JSON file with the machine, the tool versions and each bundle's manifest hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from pocketvlm.cli.demo_cmd import default_cache
+from pocketvlm.export.demo import model_bundles, model_checkpoint
+from pocketvlm.export.pipeline import tool_versions
+from pocketvlm.export.shapes import captioner, shapes_clip
+from pocketvlm.export.shapes.data import load_split
+from pocketvlm.export.shapes.evaluate import (
+    BundleCaptioner,
+    BundleClassifier,
+    TorchCaptioner,
+    TorchClassifier,
+    evaluate_captioner,
+    evaluate_classifier,
+)
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def manifest_sha(bundle: Path) -> str:
+    return hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 1,000)")
+    parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--models", default="shapes-clip,shapes-captioner")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "shapes_eval.json")
+    args = parser.parse_args()
+    cache = args.cache or default_cache()
+    samples = load_split("test")[:args.limit]
+    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                           "cpus": os.cpu_count()},
+               "tools": tool_versions(), "test_images": len(samples), "models": {}}
+    for name in args.models.split(","):
+        checkpoint = model_checkpoint(cache, name, say)
+        bundles, _ = model_bundles(checkpoint, cache, name, say)
+        rows = {}
+        started = time.perf_counter()
+        if name == "shapes-clip":
+            model, tokenizer = shapes_clip.build_clip()
+            rows["pytorch-fp32"] = evaluate_classifier(TorchClassifier(model, tokenizer, shapes_clip.image_processor()),
+                                                       samples)
+            for quant, bundle in bundles.items():
+                rows[f"onnx-{quant}"] = {**evaluate_classifier(BundleClassifier(bundle), samples),
+                                         "manifest_sha256": manifest_sha(bundle)}
+        else:
+            model, tokenizer = captioner.build_captioner()
+            rows["pytorch-fp32"] = evaluate_captioner(TorchCaptioner(model, tokenizer), samples, say, examples=10)
+            del model
+            for quant, bundle in bundles.items():
+                say(f"{name} {quant}")
+                rows[f"onnx-{quant}"] = {**evaluate_captioner(BundleCaptioner(bundle), samples, say, examples=10),
+                                         "manifest_sha256": manifest_sha(bundle)}
+        for key, row in rows.items():
+            say(f"{name} {key}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
+        results["models"][name] = {"rows": rows, "eval_s": time.perf_counter() - started}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    say(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

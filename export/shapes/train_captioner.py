@@ -1,0 +1,179 @@
+"""Train the shapes captioner's vision side (``python -m pocketvlm.export.shapes.train_captioner``).
+
+Two stages, seeded and deterministic, on the easy-VQA train split (4,000 images), 2 CPU threads:
+0. Vision pretraining: the SigLIP-style tower learns colour and shape with two linear heads (the role a pretrained
+   SigLIP plays for SmolVLM; the heads are thrown away).
+1. LLaVA stage-1 alignment: the frozen SmolLM2-135M-Instruct decoder is taught to caption ("a blue triangle") and to
+   answer the package's questions; only the vision tower and the pixel-shuffle connector learn, through the frozen
+   decoder's next-token loss on the answer tokens.
+
+Progress goes to stdout (run it in the background with a log); the vision side is written as safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pocketvlm.export.shapes import captioner
+from pocketvlm.export.shapes.data import COLOURS, SHAPES, Sample, load_split
+from pocketvlm.runtime.idefics3 import Idefics3Adapter, TiledImage, preprocess
+
+CAPTION_PROMPTS = ("Describe this image.", "What is in the image?", "Caption this image.", "What do you see?")
+
+
+class PromptBuilder:
+    """Token ids of chat prompts with the image placeholder expanded exactly as the runtime expands it."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        self.tokenizer = tokenizer
+        self.template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
+            captioner.CHAT_TEMPLATE)
+        config = captioner.runtime_image_config()
+        special = {"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
+                   "global_image_token": "<global-img>"}
+        self.adapter = Idefics3Adapter(config, special)
+        self.single = TiledImage(np.zeros((1, 3, captioner.TILE, captioner.TILE), np.float32), 0, 0)
+        self.end = tokenizer.convert_tokens_to_ids(captioner.END_OF_TURN)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        text = self.template.render(messages=[{"role": "user", "content": [{"type": "image"},
+                                                                            {"type": "text", "text": question}]}],
+                                    add_generation_prompt=True)
+        return self.tokenizer.encode(self.adapter.expand(text, self.single), add_special_tokens=False)
+
+    def example(self, question: str, answer: str) -> tuple[list[int], int]:
+        """(prompt + answer + end-of-turn ids, index where the answer starts)."""
+        prompt = self.prompt_ids(question)
+        answer_ids = self.tokenizer.encode(answer, add_special_tokens=False) + [self.end]
+        return prompt + answer_ids, len(prompt)
+
+
+def pixel_array(samples: tuple[Sample, ...]) -> torch.Tensor:
+    config = captioner.runtime_image_config()
+    return torch.from_numpy(np.stack([preprocess(s.image(), config).pixel_values[0] for s in samples]))
+
+
+def pretrain_vision(model: Any, pixels: torch.Tensor, samples: tuple[Sample, ...], steps: int, batch: int,
+                    rng: np.random.Generator) -> None:
+    vision = model.model.vision_model
+    width = vision.config.hidden_size
+    heads = torch.nn.ModuleDict({"colour": torch.nn.Linear(width, len(COLOURS)),
+                                 "shape": torch.nn.Linear(width, len(SHAPES))})
+    colours = torch.tensor([list(COLOURS).index(s.colour) for s in samples])
+    shapes = torch.tensor([SHAPES.index(s.shape) for s in samples])
+    opt = torch.optim.AdamW([*vision.parameters(), *heads.parameters()], lr=1e-3, weight_decay=0.01)
+    vision.train()
+    started = time.time()
+    for step in range(1, steps + 1):
+        idx = torch.from_numpy(rng.choice(len(samples), batch, replace=False))
+        pooled = vision(pixel_values=pixels[idx]).last_hidden_state.mean(1)
+        logits_c, logits_s = heads["colour"](pooled), heads["shape"](pooled)
+        loss = (torch.nn.functional.cross_entropy(logits_c, colours[idx])
+                + torch.nn.functional.cross_entropy(logits_s, shapes[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0 or step == steps:
+            acc = ((logits_c.argmax(-1) == colours[idx]) & (logits_s.argmax(-1) == shapes[idx])).float().mean()
+            print(f"stage0 step {step}/{steps} loss {loss.item():.4f} batch acc {acc.item():.3f} "
+                  f"{time.time() - started:.0f}s", flush=True)
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    length = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, (ids, start) in enumerate(examples):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        labels[row, start:len(ids)] = torch.tensor(ids[start:])
+        mask[row, :len(ids)] = 1
+    return input_ids, labels, mask
+
+
+def align(model: Any, builder: PromptBuilder, pixels: torch.Tensor, samples: tuple[Sample, ...], steps: int,
+          batch: int, rng: np.random.Generator, lr: float) -> None:
+    for p in model.model.text_model.parameters():
+        p.requires_grad_(False)
+    groups = [{"params": list(model.model.connector.parameters()), "lr": lr},
+              {"params": list(model.model.vision_model.parameters()), "lr": lr * 0.2}]
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    warmup = max(steps // 20, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))))
+    pad = builder.tokenizer.pad_token_id
+    model.train()
+    model.model.text_model.eval()  # no dropout in the frozen decoder
+    started, seen = time.time(), []
+    for step in range(1, steps + 1):
+        idx = rng.choice(len(samples), batch, replace=False)
+        examples = []
+        for i in idx:
+            sample = samples[int(i)]
+            if rng.random() < 0.5 or not sample.questions:
+                examples.append(builder.example(CAPTION_PROMPTS[rng.integers(len(CAPTION_PROMPTS))], sample.caption))
+            else:
+                q = sample.questions[int(rng.integers(len(sample.questions)))]
+                examples.append(builder.example(q.text, q.answer))
+        input_ids, labels, mask = collate(examples, pad)
+        out = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels[torch.from_numpy(idx)][:, None],
+                    labels=labels)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        # teacher-forced answer accuracy on this batch: every answer token (and the end of turn) right
+        predicted = out.logits[:, :-1].argmax(-1)
+        target = labels[:, 1:]
+        wrong = ((predicted != target) & (target != -100)).any(1)
+        seen.append(1.0 - wrong.float().mean().item())
+        if step % 10 == 0 or step == steps:
+            print(f"stage1 step {step}/{steps} loss {out.loss.item():.4f} answer acc (last 10) "
+                  f"{np.mean(seen[-10:]):.3f} lr {sched.get_last_lr()[0]:.2e} {time.time() - started:.0f}s",
+                  flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=captioner.WEIGHTS)
+    parser.add_argument("--stage0-steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    rng = np.random.default_rng(args.seed)
+    started = time.time()
+    model, tokenizer = captioner.build_captioner(vision_weights=None, seed=args.seed)
+    samples = load_split("train")
+    pixels = pixel_array(samples)
+    builder = PromptBuilder(tokenizer)
+    print(f"loaded SmolLM2 + {len(samples)} images in {time.time() - started:.0f}s; example prompt "
+          f"{len(builder.example(CAPTION_PROMPTS[0], samples[0].caption)[0])} tokens", flush=True)
+    pretrain_vision(model, pixels, samples, args.stage0_steps, 64, rng)
+    align(model, builder, pixels, samples, args.steps, args.batch, rng, args.lr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in captioner.vision_side(model).items()}
+    save_file(state, str(args.out), metadata={"seed": str(args.seed), "stage0_steps": str(args.stage0_steps),
+                                              "steps": str(args.steps), "batch": str(args.batch)})
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) after {time.time() - started:.0f}s",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
