@@ -15,7 +15,8 @@ SUBCOMMANDS = {
     "caption": "caption an image with a VLM bundle, streaming the text",
     "ask": "answer a question about an image with a VLM bundle",
     "parity": "per-component report of a bundle against its source checkpoint",
-    "demo": "export and run the embedded default model end to end (offline)",
+    "bench": "latency, tokens/s, memory and the decode roofline of a bundle on this machine",
+    "demo": "export and run the embedded default models end to end (offline)",
 }
 
 

@@ -18,6 +18,7 @@ class GenerationConfig:
     top_p: float = 1.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

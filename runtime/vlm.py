@@ -146,7 +146,7 @@ class VisionLanguageModel:
                     reason = "forced"
                     break
                 token = forced[len(tokens) - 1]
-            elif token in stops:
+            elif token in stops and not config.ignore_eos:
                 reason = "eos" if token in self.eos_ids else "stop_token"
                 break
             step_ids = np.array([[token]], dtype=np.int64)

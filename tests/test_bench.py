@@ -1,0 +1,51 @@
+"""``pocketvlm bench``: result files in the repo's schema, with provenance, for both kinds of bundle."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from pocketvlm.cli.main import main
+from pocketvlm.runtime.bench import SCHEMA_PATH, memory_bandwidth, roofline
+
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+
+
+@pytest.mark.parametrize(("family", "size", "expected"), [
+    ("clip", "tiny", {"image_encoder", "text_encoder"}),
+    ("qwen2_vl", "varied", {"vision_encoder", "text_decoder_prefill"}),
+])
+def test_bench_writes_a_schema_valid_result(workspace, photos, tmp_path, capsys, family, size, expected):
+    bundle = workspace.bundle(family, "int8", size)
+    image = tmp_path / "in.png"
+    photos["coffee"].resize((120, 90)).save(image)
+    out = tmp_path / "r.json"
+    assert main(["bench", "--bundle", str(bundle), "--image", str(image), "--runs", "3", "--warmup", "1",
+                 "--new-tokens", "6", "--threads", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    jsonschema.validate(result, SCHEMA)
+    assert set(result["figures"]["components"]) == expected
+    assert result["bundle"]["quantization"] and result["bundle"]["bytes"] > 0 and result["threads"] == 1
+    assert "onnxruntime" in result["tools"] and result["machine"]["logical_cpus"] >= 1
+    if family == "qwen2_vl":
+        figures = result["figures"]
+        assert figures["new_tokens"] == 6 and figures["decode_tokens_per_s"] > 0
+        assert result["roofline"]["fraction_of_roofline"] > 0
+        assert "tokens/s" in capsys.readouterr().out
+
+
+def test_roofline_arithmetic():
+    figures = {"decode_tokens_per_s": 10.0, "bytes_per_decode_token": {"weights": 900, "kv_cache_at_mean_context": 100}}
+    roof = roofline(figures, {"copy_gbs": 1e-6, "add_gbs": 2e-6})
+    assert roof["roofline_tokens_per_s"] == pytest.approx(2.0) and roof["fraction_of_roofline"] == pytest.approx(5.0)
+    measured = memory_bandwidth(megabytes=16, repeats=2, threads=1)
+    assert measured["copy_gbs"] > 0.1 and measured["add_gbs"] > 0.1
+
+
+def test_bench_bad_arguments(workspace, tmp_path, capsys):
+    assert main(["bench", "--bundle", str(workspace.bundle("clip")), "--runs", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--runs" in err[0]
+    assert main(["bench", "--bundle", str(tmp_path / "missing")]) == 2
