@@ -62,29 +62,39 @@ def pixel_array(samples: tuple[Sample, ...]) -> torch.Tensor:
     return torch.from_numpy(np.stack([preprocess(s.image(), config).pixel_values[0] for s in samples]))
 
 
-def pretrain_vision(model: Any, pixels: torch.Tensor, samples: tuple[Sample, ...], steps: int, batch: int,
-                    rng: np.random.Generator) -> None:
-    vision = model.model.vision_model
-    width = vision.config.hidden_size
-    heads = torch.nn.ModuleDict({"colour": torch.nn.Linear(width, len(COLOURS)),
-                                 "shape": torch.nn.Linear(width, len(SHAPES))})
-    colours = torch.tensor([list(COLOURS).index(s.colour) for s in samples])
-    shapes = torch.tensor([SHAPES.index(s.shape) for s in samples])
-    opt = torch.optim.AdamW([*vision.parameters(), *heads.parameters()], lr=1e-3, weight_decay=0.01)
-    vision.train()
+class LabelHeads(torch.nn.Module):
+    """Colour and shape classifiers on the mean-pooled vision tower output (stage 0, and an auxiliary loss in
+    stage 1); thrown away after training."""
+
+    def __init__(self, vision: Any, samples: tuple[Sample, ...], pixels: torch.Tensor) -> None:
+        super().__init__()
+        width = vision.config.hidden_size
+        self.vision, self.pixels = vision, pixels
+        self.colour, self.shape = torch.nn.Linear(width, len(COLOURS)), torch.nn.Linear(width, len(SHAPES))
+        self.colours = torch.tensor([list(COLOURS).index(s.colour) for s in samples])
+        self.shapes = torch.tensor([SHAPES.index(s.shape) for s in samples])
+
+    def loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, float]:
+        pooled = self.vision(pixel_values=self.pixels[idx]).last_hidden_state.mean(1)
+        logits_c, logits_s = self.colour(pooled), self.shape(pooled)
+        loss = (torch.nn.functional.cross_entropy(logits_c, self.colours[idx])
+                + torch.nn.functional.cross_entropy(logits_s, self.shapes[idx]))
+        acc = ((logits_c.argmax(-1) == self.colours[idx]) & (logits_s.argmax(-1) == self.shapes[idx])).float().mean()
+        return loss, acc.item()
+
+
+def pretrain_vision(heads: LabelHeads, steps: int, batch: int, rng: np.random.Generator) -> None:
+    opt = torch.optim.AdamW([*heads.vision.parameters(), *heads.colour.parameters(), *heads.shape.parameters()],
+                            lr=1e-3, weight_decay=0.01)
+    heads.vision.train()
     started = time.time()
     for step in range(1, steps + 1):
-        idx = torch.from_numpy(rng.choice(len(samples), batch, replace=False))
-        pooled = vision(pixel_values=pixels[idx]).last_hidden_state.mean(1)
-        logits_c, logits_s = heads["colour"](pooled), heads["shape"](pooled)
-        loss = (torch.nn.functional.cross_entropy(logits_c, colours[idx])
-                + torch.nn.functional.cross_entropy(logits_s, shapes[idx]))
+        loss, acc = heads.loss(torch.from_numpy(rng.choice(len(heads.colours), batch, replace=False)))
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 25 == 0 or step == steps:
-            acc = ((logits_c.argmax(-1) == colours[idx]) & (logits_s.argmax(-1) == shapes[idx])).float().mean()
-            print(f"stage0 step {step}/{steps} loss {loss.item():.4f} batch acc {acc.item():.3f} "
+            print(f"stage0 step {step}/{steps} loss {loss.item():.4f} batch acc {acc:.3f} "
                   f"{time.time() - started:.0f}s", flush=True)
 
 
@@ -101,11 +111,15 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.T
 
 
 def align(model: Any, builder: PromptBuilder, pixels: torch.Tensor, samples: tuple[Sample, ...], steps: int,
-          batch: int, rng: np.random.Generator, lr: float) -> None:
+          batch: int, rng: np.random.Generator, lr: float, vision_lr_scale: float = 0.2,
+          aux: LabelHeads | None = None) -> None:
+    """Stage 1. With ``aux``, each step also adds the colour/shape classification loss of 64 more images."""
     for p in model.model.text_model.parameters():
         p.requires_grad_(False)
     groups = [{"params": list(model.model.connector.parameters()), "lr": lr},
-              {"params": list(model.model.vision_model.parameters()), "lr": lr * 0.2}]
+              {"params": list(model.model.vision_model.parameters()), "lr": lr * vision_lr_scale}]
+    if aux is not None:
+        groups.append({"params": [*aux.colour.parameters(), *aux.shape.parameters()], "lr": lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     warmup = max(steps // 20, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -127,8 +141,12 @@ def align(model: Any, builder: PromptBuilder, pixels: torch.Tensor, samples: tup
         input_ids, labels, mask = collate(examples, pad)
         out = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels[torch.from_numpy(idx)][:, None],
                     labels=labels)
+        total, aux_acc = out.loss, float("nan")
+        if aux is not None:
+            aux_loss, aux_acc = aux.loss(torch.from_numpy(rng.choice(len(samples), 64, replace=False)))
+            total = total + aux_loss
         opt.zero_grad()
-        out.loss.backward()
+        total.backward()
         opt.step()
         sched.step()
         # teacher-forced answer accuracy on this batch: every answer token (and the end of turn) right
@@ -138,7 +156,8 @@ def align(model: Any, builder: PromptBuilder, pixels: torch.Tensor, samples: tup
         seen.append(1.0 - wrong.float().mean().item())
         if step % 10 == 0 or step == steps:
             print(f"stage1 step {step}/{steps} loss {out.loss.item():.4f} answer acc (last 10) "
-                  f"{np.mean(seen[-10:]):.3f} lr {sched.get_last_lr()[0]:.2e} {time.time() - started:.0f}s",
+                  f"{np.mean(seen[-10:]):.3f} aux acc {aux_acc:.3f} lr {sched.get_last_lr()[0]:.2e} "
+                  f"{time.time() - started:.0f}s",
                   flush=True)
 
 
@@ -151,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from a vision-side safetensors file instead of the seeded initialisation")
+    parser.add_argument("--vision-lr-scale", type=float, default=0.2, help="vision tower lr / connector lr in stage 1")
+    parser.add_argument("--aux", action="store_true", help="add the colour/shape classification loss in stage 1")
     args = parser.parse_args(argv)
     from safetensors.torch import save_file
 
@@ -159,18 +182,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     rng = np.random.default_rng(args.seed)
     started = time.time()
-    model, tokenizer = captioner.build_captioner(vision_weights=None, seed=args.seed)
+    model, tokenizer = captioner.build_captioner(vision_weights=args.init, seed=args.seed)
     samples = load_split("train")
     pixels = pixel_array(samples)
     builder = PromptBuilder(tokenizer)
     print(f"loaded SmolLM2 + {len(samples)} images in {time.time() - started:.0f}s; example prompt "
           f"{len(builder.example(CAPTION_PROMPTS[0], samples[0].caption)[0])} tokens", flush=True)
-    pretrain_vision(model, pixels, samples, args.stage0_steps, 64, rng)
-    align(model, builder, pixels, samples, args.steps, args.batch, rng, args.lr)
+    heads = LabelHeads(model.model.vision_model, samples, pixels)
+    pretrain_vision(heads, args.stage0_steps, 64, rng)
+    align(model, builder, pixels, samples, args.steps, args.batch, rng, args.lr, args.vision_lr_scale,
+          heads if args.aux else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in captioner.vision_side(model).items()}
-    save_file(state, str(args.out), metadata={"seed": str(args.seed), "stage0_steps": str(args.stage0_steps),
-                                              "steps": str(args.steps), "batch": str(args.batch)})
+    save_file(state, str(args.out), metadata={**{k: str(v) for k, v in vars(args).items() if k != "out"},
+                                              "init": args.init.name if args.init else "seeded"})
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) after {time.time() - started:.0f}s",
           flush=True)
 
