@@ -58,7 +58,8 @@ def model_checkpoint(cache: Path, name: str, say: Say) -> Path:
 
 
 def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[dict[str, Path], float | None]:
-    """fp32 / int8 / int4 bundles of ``checkpoint``; only missing or stale ones are exported (together)."""
+    """fp32 / int8 / int4 bundles of ``checkpoint``; only missing or stale ones (other weights or another
+    quantization recipe) are exported, together."""
     from pocketvlm.export.checkpoint import read_checkpoint
 
     source = read_checkpoint(checkpoint)
@@ -68,7 +69,8 @@ def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[d
         try:
             manifest = load_bundle(out).manifest
             if (manifest["source"]["config_sha256"] == source.config_sha256
-                    and manifest["source"]["weights_sha256"] == source.weights_sha256()):
+                    and manifest["source"]["weights_sha256"] == source.weights_sha256()
+                    and manifest["quantization"] == QuantConfig.parse(quant).to_json()):
                 continue
         except BundleError:
             pass
