@@ -1,0 +1,109 @@
+"""The embedded default models trained here (issue 4): data labels, committed weights, export and accuracy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pocketvlm.export import demo
+from pocketvlm.export.pipeline import export_bundles
+from pocketvlm.export.quantize import QuantConfig
+from pocketvlm.export.shapes import captioner, shapes_clip
+from pocketvlm.export.shapes.data import LABELS, load_split
+from pocketvlm.export.shapes.evaluate import (
+    BundleCaptioner,
+    BundleClassifier,
+    TorchCaptioner,
+    TorchClassifier,
+    answer_correct,
+    caption_correct,
+    evaluate_classifier,
+)
+
+
+def test_labels_come_from_the_package_and_agree_with_every_question():
+    train, test = load_split("train"), load_split("test")  # raises if pixels and any QA pair disagree
+    assert (len(train), len(test)) == (4000, 1000)
+    assert {s.label for s in test} == set(LABELS) and len(LABELS) == 24
+    assert sum(len(s.questions) for s in test) == 9673
+    first = test[0]
+    assert first.caption == f"a {first.colour} {first.shape}"
+
+
+def test_caption_and_answer_scoring():
+    sample = load_split("test")[0]
+    assert caption_correct(f"A {sample.colour} {sample.shape}.", sample)
+    other = next(c for c in ("red", "blue") if c != sample.colour)
+    assert not caption_correct(f"a {other} {sample.shape}", sample)
+    assert not caption_correct(f"a {sample.colour} {sample.shape} and a {other} one", sample)
+    assert not caption_correct(f"a {sample.colour} shape", sample)
+    assert answer_correct("Yes.", "yes") and not answer_correct("yes, red", "yes")
+
+
+@pytest.fixture(scope="module")
+def clip_bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes-clip")
+    checkpoint = shapes_clip.write_checkpoint(root / "ckpt")
+    outs = export_bundles(checkpoint, [(root / q, QuantConfig.parse(q)) for q in ("fp32", "int8")])
+    return checkpoint, dict(zip(("fp32", "int8"), outs, strict=True))
+
+
+def test_shapes_clip_is_trained_and_its_bundle_agrees_with_pytorch(clip_bundles):
+    checkpoint, bundles = clip_bundles
+    samples = load_split("test")[:120]
+    model, tokenizer = shapes_clip.build_clip()
+    reference = TorchClassifier(model, tokenizer, shapes_clip.image_processor())
+    images = [s.image() for s in samples]
+    torch_top1 = reference.top1(images, shapes_clip.ZERO_SHOT_LABELS)
+    onnx_top1 = BundleClassifier(bundles["fp32"]).top1(images, shapes_clip.ZERO_SHOT_LABELS)
+    assert onnx_top1 == torch_top1
+    scores = evaluate_classifier(BundleClassifier(bundles["int8"]), samples)
+    assert scores["zero_shot_accuracy"] >= 0.9, scores
+    # the real 49,408-token CLIP vocabulary, untrained rows rebuilt as zeros
+    table = model.text_model.embeddings.token_embedding.weight
+    assert table.shape[0] == 49408 and 0 < int((table.abs().sum(1) > 0).sum()) < 100
+    assert json.loads((checkpoint / "config.json").read_text())["model_type"] == "clip"
+
+
+@pytest.fixture(scope="module")
+def captioner_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes-captioner")
+    checkpoint = captioner.write_checkpoint(root / "ckpt")
+    return checkpoint, export_bundles(checkpoint, [(root / "fp32", QuantConfig.parse("fp32"))])[0]
+
+
+def test_captioner_uses_the_real_smollm2_and_captions_like_pytorch(captioner_bundle):
+    checkpoint, bundle = captioner_bundle
+    model, tokenizer = captioner.build_captioner()
+    lm, _ = captioner.load_smollm2()
+    assert torch.equal(model.model.text_model.layers[7].mlp.down_proj.weight, lm.model.layers[7].mlp.down_proj.weight)
+    assert model.config.text_config.num_hidden_layers == 30 and model.config.text_config.hidden_size == 576
+    samples = load_split("test")[:6]
+    onnx_side, torch_side = BundleCaptioner(bundle), TorchCaptioner(model, tokenizer)
+    said = [onnx_side.answer(s, "Describe this image.") for s in samples]
+    assert said == [torch_side.answer(s, "Describe this image.") for s in samples]
+    assert sum(caption_correct(text, s) for text, s in zip(said, samples, strict=True)) >= 5, said
+    question = samples[0].questions[0]
+    assert onnx_side.answer(samples[0], question.text) == torch_side.answer(samples[0], question.text)
+
+
+def test_demo_exports_once_and_reuses_its_bundles(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "MODELS", {"shapes-clip": demo.MODELS["shapes-clip"]})
+    monkeypatch.setattr(demo, "DEMO_IMAGES", 12)
+    messages: list[str] = []
+    first = demo.run_demo(tmp_path, messages.append)
+    assert [r["quant"] for r in first["rows"]] == ["fp32", "int8", "int4"]
+    assert all(r["accuracy"] >= 0.75 and r["bundle_mb"] > 0 for r in first["rows"]), first["rows"]
+    assert any("exporting shapes-clip" in m for m in messages)
+    messages.clear()
+    second = demo.run_demo(tmp_path, messages.append)
+    assert not any("exporting" in m or "building" in m for m in messages), messages
+    assert [r["accuracy"] for r in second["rows"]] == [r["accuracy"] for r in first["rows"]]
+    report = (tmp_path / "demo_report.md").read_text()
+    assert "| shapes-clip | int4 | zero-shot |" in report and "astronaut" in report
+    assert set(json.loads((tmp_path / "demo_report.json").read_text())["photos"]) == {
+        "shapes-clip fp32", "shapes-clip int8", "shapes-clip int4"}
+    assert np.isfinite([r["latency_ms"] for r in second["rows"]]).all()
