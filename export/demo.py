@@ -63,13 +63,14 @@ def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[d
     from pocketvlm.export.checkpoint import read_checkpoint
 
     source = read_checkpoint(checkpoint)
+    weights = source.weights_sha256()  # hashed once: the captioner checkpoint is 548 MB
     wanted = {quant: cache / "bundles" / f"{name}-{quant}" for quant in QUANTS}
     stale = []
     for quant, out in wanted.items():
         try:
             manifest = load_bundle(out).manifest
             if (manifest["source"]["config_sha256"] == source.config_sha256
-                    and manifest["source"]["weights_sha256"] == source.weights_sha256()
+                    and manifest["source"]["weights_sha256"] == weights
                     and manifest["quantization"] == QuantConfig.parse(quant).to_json()):
                 continue
         except BundleError:
@@ -83,8 +84,8 @@ def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[d
     return wanted, time.perf_counter() - started
 
 
-def _bundle_mb(path: Path) -> float:
-    return sum(f["bytes"] for f in load_bundle(path).manifest["files"]) / 1e6
+def _bundle_mb(manifest: dict[str, Any]) -> float:
+    return sum(f["bytes"] for f in manifest["files"]) / 1e6
 
 
 def run_demo(cache: Path, say: Say) -> dict[str, Any]:
@@ -97,16 +98,17 @@ def run_demo(cache: Path, say: Say) -> dict[str, Any]:
         bundles, export_s = model_bundles(model_checkpoint(cache, name, say), cache, name, say)
         for quant, path in bundles.items():
             say(f"running {name} {quant} on {len(samples)} test images and {len(photos)} photos")
-            row: dict[str, Any] = {"model": name, "quant": quant, "bundle_mb": _bundle_mb(path),
-                                   "export_s_all_quants": export_s}
+            row: dict[str, Any] = {"model": name, "quant": quant, "export_s_all_quants": export_s}
             if name == "shapes-clip":
                 runner = BundleClassifier(path)
+                row["bundle_mb"] = _bundle_mb(runner.model.bundle.manifest)
                 scores = evaluate_classifier(runner, samples)
                 row.update(task="zero-shot", accuracy=scores["zero_shot_accuracy"],
                            latency_ms=scores["per_image_latency"]["median_ms"])
                 said = runner.top1(list(photos.values()), shapes_clip.ZERO_SHOT_LABELS)
             else:
                 runner = BundleCaptioner(path)
+                row["bundle_mb"] = _bundle_mb(runner.model.bundle.manifest)
                 scores = evaluate_captioner(runner, samples, vqa=True, examples=6)
                 row.update(task="caption", accuracy=scores["caption_exact_match"],
                            vqa_accuracy=scores["vqa_accuracy"],

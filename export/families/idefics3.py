@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from pocketvlm.export.families import decoder, vlm_common
-from pocketvlm.export.families.loading import field, hf_loaders, image_processor, resample_name
+from pocketvlm.export.families.loading import field, hf_loaders, image_processor, normalization
 from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul
 
@@ -90,19 +90,22 @@ def default_processor(config: Any) -> Any:
     return Idefics3ImageProcessor(size={"longest_edge": 4 * tile}, max_image_size={"longest_edge": tile})
 
 
-def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, Any]:
-    config = model.config
-    proc = image_processor(model_dir, lambda: default_processor(config))
+def image_block(proc: Any, config: Any) -> dict[str, Any]:
+    """The manifest's preprocessing block for an Idefics3 image processor and model config."""
     vc = config.vision_config
-    image = {"kind": "idefics3", "resample": resample_name(proc),
-             "rescale_factor": float(proc.rescale_factor), "mean": [float(x) for x in proc.image_mean],
-             "std": [float(x) for x in proc.image_std],
+    image = {"kind": "idefics3", **normalization(proc),
              "longest_edge": int(field(proc.size, "longest_edge")),
              "tile_size": int(field(proc.max_image_size, "longest_edge")),
              "split": bool(proc.do_image_splitting),
              "image_seq_len": int((vc.image_size // vc.patch_size) ** 2 // config.scale_factor**2)}
     if image["tile_size"] != vc.image_size:
         raise ValueError(f"processor tile {image['tile_size']} != vision image_size {vc.image_size}")
+    return image
+
+
+def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, Any]:
+    config = model.config
+    image = image_block(image_processor(model_dir, lambda: default_processor(config)), config)
     special = {"image_token_id": config.image_token_id, "fake_image_token": "<fake_token_around_image>",
                "global_image_token": "<global-img>"}
     return vlm_common.vlm_metadata(model, model_dir, bundle_dir, image, special, position_ids="1d",

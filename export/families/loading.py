@@ -47,3 +47,9 @@ def resample_name(processor: Any) -> str:
     from pocketvlm.runtime.image import RESAMPLE_NAMES
 
     return RESAMPLE_NAMES[int(processor.resample)]
+
+
+def normalization(processor: Any) -> dict[str, Any]:
+    """The manifest keys every image preprocessing block shares: resampling, rescale factor, mean and std."""
+    return {"resample": resample_name(processor), "rescale_factor": float(processor.rescale_factor),
+            "mean": [float(x) for x in processor.image_mean], "std": [float(x) for x in processor.image_std]}

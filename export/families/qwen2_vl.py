@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from pocketvlm.export.families import decoder, vlm_common
-from pocketvlm.export.families.loading import field, hf_loaders, image_processor, resample_name
+from pocketvlm.export.families.loading import field, hf_loaders, image_processor, normalization
 from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import swapped
 
@@ -138,9 +138,7 @@ def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, 
     config = model.config
     processor = image_processor(model_dir, lambda: default_processor(config))
     size = processor.size
-    image = {"kind": "qwen2_vl", "resample": resample_name(processor),
-             "rescale_factor": float(processor.rescale_factor), "mean": [float(x) for x in processor.image_mean],
-             "std": [float(x) for x in processor.image_std], "patch_size": int(processor.patch_size),
+    image = {"kind": "qwen2_vl", **normalization(processor), "patch_size": int(processor.patch_size),
              "temporal_patch_size": int(processor.temporal_patch_size), "merge_size": int(processor.merge_size),
              "min_pixels": int(field(size, "shortest_edge")),
              "max_pixels": int(field(size, "longest_edge"))}

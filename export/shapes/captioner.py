@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from pocketvlm.export.families.loading import resample_name
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.shapes import save_checkpoint
 from pocketvlm.export.shapes.data import DataMissingError
@@ -137,11 +136,12 @@ def image_processor() -> Any:
 
 
 def runtime_image_config() -> dict[str, Any]:
-    """The runtime's preprocessing block for this model (what export writes into the manifest)."""
-    proc = image_processor()
-    return {"kind": "idefics3", "resample": resample_name(proc), "rescale_factor": float(proc.rescale_factor),
-            "mean": [float(x) for x in proc.image_mean], "std": [float(x) for x in proc.image_std],
-            "longest_edge": TILE, "tile_size": TILE, "split": False, "image_seq_len": IMAGE_SEQ_LEN}
+    """The runtime's preprocessing block for this model: what export writes into the manifest."""
+    from transformers import Idefics3Config
+
+    from pocketvlm.export.families.idefics3 import image_block
+
+    return image_block(image_processor(), Idefics3Config(vision_config=dict(VISION), scale_factor=SCALE_FACTOR))
 
 
 def write_checkpoint(out_dir: Path, vision_weights: Path = WEIGHTS) -> Path:
