@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -22,7 +22,7 @@ from pocketvlm.export.checkpoint import Checkpoint, read_checkpoint
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.quantize import QuantConfig, external_data_path, quantize_file
 from pocketvlm.export.registry import ComponentDef, FamilySpec, family_for_model_type
-from pocketvlm.runtime.errors import ExportError, ModelDirError
+from pocketvlm.runtime.errors import ExportError, ModelDirError, QuantizationError
 from pocketvlm.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 
 TARGETS = ("onnx",)
@@ -30,6 +30,7 @@ PENDING_MANIFEST = MANIFEST_NAME + ".partial"  # renamed to manifest.json only a
 TOOLS = ("pocketvlm", "torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy")
 
 Progress = Callable[[str], None]
+Calibration = Mapping[str, Sequence[dict[str, Any]]]  # component name -> input feeds of its ONNX graph
 
 
 def peak_rss_gb() -> float:
@@ -138,9 +139,12 @@ def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onn
 
 
 def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantConfig]], target: str = "onnx",
-                   progress: Progress | None = None, split_vision: bool = False) -> list[Path]:
+                   progress: Progress | None = None, split_vision: bool = False,
+                   calibration: Calibration | None = None) -> list[Path]:
     """Export one checkpoint to several bundles (e.g. fp32, int8 and int4) from one load and one fp32 graph export;
-    each bundle is published atomically on its own."""
+    each bundle is published atomically on its own. ``calibration`` maps a component name to the input feeds its
+    ONNX graph sees in use (e.g. recorded from an fp32 bundle with ``gptq.FeedRecorder``); components quantized with
+    GPTQ need it."""
     model_dir = Path(model_dir)
     plan = [(Path(out), quant) for out, quant in outputs]
     say = progress or (lambda message: None)
@@ -155,6 +159,11 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
     for out_dir, quant in plan:
         quant.check_components(tuple(c.name for c in components))
         _check_destination(out_dir, model_dir)
+        for comp in components:
+            spec = quant.for_component(comp.name)
+            if spec.method == "int4" and spec.gptq and not (calibration or {}).get(comp.name):
+                raise QuantizationError(f"GPTQ was asked for {comp.name} but no calibration feeds were given for it",
+                                        "pass calibration={component: feeds} to export_bundles, or drop gptq")
     stagings = []
     try:
         for out_dir, _ in plan:
@@ -163,7 +172,8 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
             stagings.append(out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}"))
             stagings[-1].mkdir()
         with quiet_transformers():
-            manifests = _export_into(checkpoint, family, components, stagings, [q for _, q in plan], say, target)
+            manifests = _export_into(checkpoint, family, components, stagings, [q for _, q in plan], say, target,
+                                     calibration or {})
         for staging, manifest in zip(stagings, manifests, strict=True):
             (staging / PENDING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for staging, (out_dir, _) in zip(stagings, plan, strict=True):
@@ -185,7 +195,8 @@ def _load(family: FamilySpec, checkpoint: Checkpoint) -> Any:
 
 
 def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
-                 stagings: list[Path], quants: list[QuantConfig], say: Progress, target: str) -> list[dict[str, Any]]:
+                 stagings: list[Path], quants: list[QuantConfig], say: Progress, target: str,
+                 calibration: Calibration) -> list[dict[str, Any]]:
     from pocketvlm.export.onnx_export import export_component
 
     started = time.perf_counter()
@@ -214,18 +225,33 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[C
         del model  # quantization works on the ONNX files; free the torch weights first (peak memory)
         gc.collect()
         manifests = []
+        hessians: dict[str, dict[str, Any]] = {}  # per component, collected once for every bundle that uses GPTQ
         for staging, quant, extra in zip(stagings, quants, extras, strict=True):
             records = {}
             for comp in components:
                 spec = quant.for_component(comp.name)
+                if spec.method == "int4" and spec.gptq and comp.name not in hessians:
+                    feeds = calibration[comp.name]
+                    tick(f"collecting GPTQ Hessians of {comp.name} on {len(feeds)} calibration feeds")
+                    hessians[comp.name] = _hessians(scratch / f"{comp.name}.onnx", feeds)
                 tick(f"quantizing {comp.name} ({spec.method}) into {staging.name.split('.partial-')[0][1:]}")
                 final = staging / f"{comp.name}.onnx"
-                quantize_file(scratch / f"{comp.name}.onnx", final, spec)
+                quantize_file(scratch / f"{comp.name}.onnx", final, spec, hessians.get(comp.name))
                 records[comp.name] = _component_record(comp, config, final, spec.record())
             manifests.append(_manifest(checkpoint, family, quant, target, config, extra, records, staging))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return manifests
+
+
+def _hessians(path: Path, feeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    import onnx
+
+    from pocketvlm.export.gptq import collect_hessians
+    from pocketvlm.export.int4 import weight_nodes
+
+    model = onnx.load(str(path))
+    return collect_hessians(model, weight_nodes(model), feeds)
 
 
 def _manifest(checkpoint: Checkpoint, family: FamilySpec, quant: QuantConfig, target: str, config: Any,

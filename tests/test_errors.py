@@ -102,6 +102,11 @@ def test_bad_quantization_requests(tmp_path, capsys, workspace):
                           "unknown quantization 'int3'")
     assert_one_line_error(capsys, ["export", "--model", model, "--out", str(tmp_path / "b"), "--quant",
                                    "int8,decoder=int4"], "unknown component(s) decoder")
+    gptq = tmp_path / "gptq.json"  # GPTQ needs calibration data, which the CLI cannot take yet: refused up front
+    gptq.write_text('{"default": {"method": "int4", "gptq": true}}')
+    assert_one_line_error(capsys, ["export", "--model", model, "--out", str(tmp_path / "b"), "--quant", str(gptq)],
+                          "no calibration feeds")
+    assert not (tmp_path / "b").exists()
 
 
 def test_output_inside_checkpoint_or_over_foreign_dir(tmp_path, capsys, workspace):
@@ -212,7 +217,7 @@ def test_parity_against_the_wrong_checkpoint(capsys, workspace):
 def test_interrupted_export_leaves_no_bundle(tmp_path, capsys, monkeypatch, workspace):
     calls = []
 
-    def interrupt(src, dst, spec):
+    def interrupt(src, dst, spec, hessians=None):
         calls.append(dst)
         if len(calls) == 2:
             raise KeyboardInterrupt

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from pocketvlm.export import pipeline
-from pocketvlm.export.quantize import QuantConfig
+from pocketvlm.export.gptq import FeedRecorder
+from pocketvlm.export.quantize import QuantConfig, QuantSpec
 from pocketvlm.export.registry import get_family
+from pocketvlm.export.vlm_parity import vlm_parity
 from pocketvlm.runtime.dual_encoder import DualEncoder
-from pocketvlm.runtime.errors import ExportError
+from pocketvlm.runtime.errors import ExportError, QuantizationError
 from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.manifest import load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
@@ -38,11 +40,11 @@ def test_export_bundles_refuses_a_repeated_output(workspace, tmp_path):
 def test_interrupted_multi_export_leaves_nothing(workspace, tmp_path, monkeypatch):
     real, calls = pipeline.quantize_file, []
 
-    def interrupt_later(src, dst, spec):
+    def interrupt_later(src, dst, spec, hessians=None):
         calls.append(dst)
         if len(calls) == 3:  # the second bundle's first component
             raise KeyboardInterrupt
-        real(src, dst, spec)
+        real(src, dst, spec, hessians)
 
     monkeypatch.setattr(pipeline, "quantize_file", interrupt_later)
     with pytest.raises(KeyboardInterrupt):
@@ -64,3 +66,26 @@ def test_text_only_prompt_equals_transformers_generate(workspace, family):
                                do_sample=False)[0, x.shape[1]:].tolist()
     assert result.token_ids == expected[:len(result.token_ids)]
     assert len(set(result.token_ids)) > 2
+
+
+def test_gptq_int4_is_calibrated_on_recorded_feeds_and_recorded(workspace, photos, tmp_path):
+    """GPTQ needs calibration feeds (refused before anything is written without them); with feeds recorded from
+    the fp32 bundle on two photos, the int4 decoder it writes follows the model on a third, held-out one."""
+    checkpoint = workspace.checkpoint("idefics3", "standard")
+    gptq = QuantConfig(QuantSpec(method="int4"),
+                       {"text_decoder": QuantSpec(method="int4", symmetric=False, gptq=True)})
+    with pytest.raises(QuantizationError, match="calibration"):
+        pipeline.export_bundles(checkpoint, [(tmp_path / "refused", gptq)])
+    assert list(tmp_path.iterdir()) == []
+    fp32 = VisionLanguageModel.load(workspace.bundle("idefics3", "fp32", "standard"))
+    recorder = FeedRecorder(fp32.sessions["text_decoder"])
+    fp32.sessions["text_decoder"] = recorder
+    for name in ("coffee", "camera"):
+        fp32.generate(photos[name].resize((140, 140)), "Describe this image.", GenerationConfig(max_new_tokens=8))
+    assert len(recorder.feeds) == 16 and recorder.feeds[0]["input_ids"].shape[1] > 1  # prefill, then decode steps
+    out = pipeline.export_bundles(checkpoint, [(tmp_path / "gptq", gptq)],
+                                  calibration={"text_decoder": recorder.feeds})[0]
+    record = load_bundle(out).manifest["components"]["text_decoder"]["quantization"]
+    assert record["gptq"] is True and record["symmetric"] is False and "GPTQ" in record["weights"]
+    report = vlm_parity(out, checkpoint, photos={"astronaut": photos["astronaut"].resize((140, 140))}, steps=16)
+    assert min(report["photos"][0]["logits"]["per_step_cosine"]) >= 0.97, report["photos"][0]["logits"]

@@ -58,6 +58,13 @@ def test_tied_embedding_table_is_stored_once(workspace, quant):
     vocab_sized = [i for i in graph.initializer if vocab in i.dims]
     tables = [i for i in vocab_sized if len(i.raw_data) >= 0.9 * table_bytes]
     assert len(tables) == 1, [(t.name, list(t.dims)) for t in tables]
+    if quant != "fp32":  # the shared table's LM head too runs at the recorded level (level 0 is ORT's slow path)
+        level = manifest["components"]["text_decoder"]["quantization"]["accuracy_level"]
+        nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+        assert any("lm_head" in n.name for n in nbits)
+        assert {onnx.helper.get_attribute_value(a) for n in nbits for a in n.attribute
+                if a.name == "accuracy_level"} == {level} and level == 4
+        assert all(any(a.name == "accuracy_level" for a in n.attribute) for n in nbits)
     # the table plus its block scales / zero points: no second copy for the LM head
     assert sum(len(i.raw_data) for i in vocab_sized) <= 1.2 * table_bytes
 
