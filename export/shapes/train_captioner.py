@@ -83,19 +83,47 @@ class LabelHeads(torch.nn.Module):
         return loss, acc.item()
 
 
-def pretrain_vision(heads: LabelHeads, steps: int, batch: int, rng: np.random.Generator) -> None:
+def cosine_schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first 5% of steps, then cosine decay to zero."""
+    warmup = max(steps // 20, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))))
+
+
+def pretrain_vision(heads: LabelHeads, steps: int, per_label: int, rng: np.random.Generator,
+                    lr: float = 2e-3) -> None:
+    """Stage 0 on label-balanced batches (``per_label`` images of each of the 24 colour/shape labels)."""
     opt = torch.optim.AdamW([*heads.vision.parameters(), *heads.colour.parameters(), *heads.shape.parameters()],
-                            lr=1e-3, weight_decay=0.01)
+                            lr=lr, weight_decay=0.05)
+    sched = cosine_schedule(opt, steps)
+    labels = heads.colours * len(SHAPES) + heads.shapes
+    by_label = [np.flatnonzero(labels.numpy() == k) for k in range(len(COLOURS) * len(SHAPES))]
     heads.vision.train()
     started = time.time()
     for step in range(1, steps + 1):
-        loss, acc = heads.loss(torch.from_numpy(rng.choice(len(heads.colours), batch, replace=False)))
+        idx = np.concatenate([rng.choice(rows, per_label, replace=len(rows) < per_label) for rows in by_label])
+        loss, acc = heads.loss(torch.from_numpy(idx))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 25 == 0 or step == steps:
+        sched.step()
+        if step % 50 == 0 or step == steps:
             print(f"stage0 step {step}/{steps} loss {loss.item():.4f} batch acc {acc:.3f} "
                   f"{time.time() - started:.0f}s", flush=True)
+
+
+@torch.no_grad()
+def heads_accuracy(heads: LabelHeads, samples: tuple[Sample, ...]) -> float:
+    """Colour-and-shape accuracy of the stage-0 heads on ``samples`` (reported for the test split, never used to
+    choose anything)."""
+    was_training = heads.vision.training
+    heads.vision.eval()
+    probe = LabelHeads(heads.vision, samples, pixel_array(samples))
+    probe.colour, probe.shape = heads.colour, heads.shape
+    hits = [probe.loss(torch.arange(i, min(i + 200, len(samples))))[1] * min(200, len(samples) - i)
+            for i in range(0, len(samples), 200)]
+    heads.vision.train(was_training)
+    return sum(hits) / len(samples)
 
 
 def collate(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,8 +140,9 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.T
 
 def align(model: Any, builder: PromptBuilder, pixels: torch.Tensor, samples: tuple[Sample, ...], steps: int,
           batch: int, rng: np.random.Generator, lr: float, vision_lr_scale: float = 0.2,
-          aux: LabelHeads | None = None) -> None:
-    """Stage 1. With ``aux``, each step also adds the colour/shape classification loss of 64 more images."""
+          aux: LabelHeads | None = None, bf16: bool = False) -> None:
+    """Stage 1. With ``aux``, each step also adds the colour/shape classification loss of 64 more images. With
+    ``bf16``, forward passes run under CPU bf16 autocast (weights and optimizer state stay fp32)."""
     for p in model.model.text_model.parameters():
         p.requires_grad_(False)
     groups = [{"params": list(model.model.connector.parameters()), "lr": lr},
@@ -121,9 +150,7 @@ def align(model: Any, builder: PromptBuilder, pixels: torch.Tensor, samples: tup
     if aux is not None:
         groups.append({"params": [*aux.colour.parameters(), *aux.shape.parameters()], "lr": lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    warmup = max(steps // 20, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))))
+    sched = cosine_schedule(opt, steps)
     pad = builder.tokenizer.pad_token_id
     model.train()
     model.model.text_model.eval()  # no dropout in the frozen decoder
@@ -139,12 +166,13 @@ def align(model: Any, builder: PromptBuilder, pixels: torch.Tensor, samples: tup
                 q = sample.questions[int(rng.integers(len(sample.questions)))]
                 examples.append(builder.example(q.text, q.answer))
         input_ids, labels, mask = collate(examples, pad)
-        out = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels[torch.from_numpy(idx)][:, None],
-                    labels=labels)
-        total, aux_acc = out.loss, float("nan")
-        if aux is not None:
-            aux_loss, aux_acc = aux.loss(torch.from_numpy(rng.choice(len(samples), 64, replace=False)))
-            total = total + aux_loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=input_ids, attention_mask=mask,
+                        pixel_values=pixels[torch.from_numpy(idx)][:, None], labels=labels)
+            total, aux_acc = out.loss, float("nan")
+            if aux is not None:
+                aux_loss, aux_acc = aux.loss(torch.from_numpy(rng.choice(len(samples), 64, replace=False)))
+                total = total + aux_loss
         opt.zero_grad()
         total.backward()
         opt.step()
@@ -164,16 +192,20 @@ def align(model: Any, builder: PromptBuilder, pixels: torch.Tensor, samples: tup
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=captioner.WEIGHTS)
-    parser.add_argument("--stage0-steps", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--stage0-steps", type=int, default=1500)
+    parser.add_argument("--per-label", type=int, default=3, help="stage-0 batch: images per colour/shape label")
+    parser.add_argument("--steps", type=int, default=640)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", type=Path, default=None,
                         help="continue from a vision-side safetensors file instead of the seeded initialisation")
-    parser.add_argument("--vision-lr-scale", type=float, default=0.2, help="vision tower lr / connector lr in stage 1")
-    parser.add_argument("--aux", action="store_true", help="add the colour/shape classification loss in stage 1")
+    parser.add_argument("--vision-lr-scale", type=float, default=0.5, help="vision tower lr / connector lr in stage 1")
+    parser.add_argument("--aux", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the colour/shape classification loss in stage 1")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="stage-1 forward passes under CPU bf16 autocast (about 1.4x faster on AVX512-BF16)")
     args = parser.parse_args(argv)
     from safetensors.torch import save_file
 
@@ -189,9 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"loaded SmolLM2 + {len(samples)} images in {time.time() - started:.0f}s; example prompt "
           f"{len(builder.example(CAPTION_PROMPTS[0], samples[0].caption)[0])} tokens", flush=True)
     heads = LabelHeads(model.model.vision_model, samples, pixels)
-    pretrain_vision(heads, args.stage0_steps, 64, rng)
+    pretrain_vision(heads, args.stage0_steps, args.per_label, rng)
+    test = load_split("test")
+    print(f"stage0 heads colour+shape accuracy: test {heads_accuracy(heads, test):.4f}", flush=True)
     align(model, builder, pixels, samples, args.steps, args.batch, rng, args.lr, args.vision_lr_scale,
-          heads if args.aux else None)
+          heads if args.aux else None, args.bf16)
+    print(f"after stage1, heads colour+shape accuracy: test {heads_accuracy(heads, test):.4f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in captioner.vision_side(model).items()}
     save_file(state, str(args.out), metadata={**{k: str(v) for k, v in vars(args).items() if k != "out"},
