@@ -1,7 +1,11 @@
 """Issue 4's quality figures: the trained shapes models on the full easy-VQA test split (1,000 images), in PyTorch
 fp32 and as fp32 / int8 / int4 ONNX bundles. Bundles come from (and are shared with) the ``pocketvlm demo`` cache.
 
-    python benchmarks/shapes_eval.py [--limit N] [--cache DIR] [--out benchmarks/results/shapes_eval.json]
+    python benchmarks/shapes_eval.py [--limit N] [--cache DIR] [--rows pytorch,fp32,int8,int4] [--threads T]
+                                     [--out benchmarks/results/shapes_eval.json]
+
+``--rows`` and ``--threads`` let two processes split the work on a 2-core machine (e.g. PyTorch on one core, the
+bundles on the other), each writing its own file.
 
 Writes a machine-made JSON file with the machine, the tool versions and each bundle's manifest hash.
 """
@@ -45,33 +49,47 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 1,000)")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--models", default="shapes-clip,shapes-captioner")
+    parser.add_argument("--rows", default="pytorch,fp32,int8,int4", help="which rows to evaluate")
+    parser.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (0: all cores)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "shapes_eval.json")
     args = parser.parse_args()
+    wanted = set(args.rows.split(","))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cache = args.cache or default_cache()
     samples = load_split("test")[:args.limit]
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "cpus": os.cpu_count()},
-               "tools": tool_versions(), "test_images": len(samples), "models": {}}
+               "tools": tool_versions(), "threads": args.threads or os.cpu_count(), "test_images": len(samples),
+               "models": {}}
     for name in args.models.split(","):
         checkpoint = model_checkpoint(cache, name, say)
         bundles, _ = model_bundles(checkpoint, cache, name, say)
         rows = {}
         started = time.perf_counter()
+        bundles = {quant: bundle for quant, bundle in bundles.items() if quant in wanted}
         if name == "shapes-clip":
-            model, tokenizer = shapes_clip.build_clip()
-            rows["pytorch-fp32"] = evaluate_classifier(TorchClassifier(model, tokenizer, shapes_clip.image_processor()),
-                                                       samples)
+            if "pytorch" in wanted:
+                model, tokenizer = shapes_clip.build_clip()
+                rows["pytorch-fp32"] = evaluate_classifier(
+                    TorchClassifier(model, tokenizer, shapes_clip.image_processor()), samples)
             for quant, bundle in bundles.items():
-                rows[f"onnx-{quant}"] = {**evaluate_classifier(BundleClassifier(bundle), samples),
+                rows[f"onnx-{quant}"] = {**evaluate_classifier(BundleClassifier(bundle, args.threads), samples),
                                          "manifest_sha256": manifest_sha(bundle)}
         else:
-            model, tokenizer = captioner.build_captioner()
-            rows["pytorch-fp32"] = evaluate_captioner(TorchCaptioner(model, tokenizer), samples, say, examples=10)
-            del model
+            if "pytorch" in wanted:
+                model, tokenizer = captioner.build_captioner()
+                rows["pytorch-fp32"] = evaluate_captioner(TorchCaptioner(model, tokenizer), samples, say, examples=10)
+                del model
             for quant, bundle in bundles.items():
                 say(f"{name} {quant}")
-                rows[f"onnx-{quant}"] = {**evaluate_captioner(BundleCaptioner(bundle), samples, say, examples=10),
-                                         "manifest_sha256": manifest_sha(bundle)}
+                rows[f"onnx-{quant}"] = {**evaluate_captioner(BundleCaptioner(bundle, args.threads), samples, say,
+                                                              examples=10),
+                                         "manifest_sha256": manifest_sha(bundle),
+                                         "quantization": json.loads((bundle / "manifest.json").read_text())[
+                                             "quantization"]}
         for key, row in rows.items():
             say(f"{name} {key}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
         results["models"][name] = {"rows": rows, "eval_s": time.perf_counter() - started}

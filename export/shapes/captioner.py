@@ -151,3 +151,29 @@ def write_checkpoint(out_dir: Path, vision_weights: Path = WEIGHTS) -> Path:
               "vision_side": f"{vision_weights.name}, trained by pocketvlm.export.shapes.train_captioner"}
     return save_checkpoint(out_dir, model, tokenizer, image_processor(), source,
                            {"chat_template.jinja": CHAT_TEMPLATE})
+
+
+def calibration_feeds(bundle: Path, images: int = 32, seed: int = 0, max_new_tokens: int = 8) -> dict[str, list]:
+    """GPTQ calibration data for every component of the captioner: the feeds an fp32 bundle's ``vision_encoder``
+    and ``text_decoder`` (prefill and decode steps) see while it captions ``images`` seeded train-split images and
+    answers one of each image's questions. Train split only: the test split stays unseen by every step that makes a
+    bundle."""
+    import numpy as np
+
+    from pocketvlm.export.gptq import FeedRecorder
+    from pocketvlm.export.shapes.data import load_split
+    from pocketvlm.runtime.generation import GenerationConfig
+    from pocketvlm.runtime.vlm import DEFAULT_CAPTION_PROMPT, VisionLanguageModel
+
+    model = VisionLanguageModel.load(bundle)
+    recorders = {name: FeedRecorder(session) for name, session in model.sessions.items()}
+    model.sessions.update(recorders)
+    config = GenerationConfig(max_new_tokens=max_new_tokens)
+    samples = load_split("train")
+    rng = np.random.default_rng(seed)
+    for index in rng.choice(len(samples), images, replace=False):
+        sample = samples[int(index)]
+        model.generate(sample.image(), DEFAULT_CAPTION_PROMPT, config)
+        question = sample.questions[int(rng.integers(len(sample.questions)))]
+        model.generate(sample.image(), question.text, config)
+    return {name: recorder.feeds for name, recorder in recorders.items()}
