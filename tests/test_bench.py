@@ -49,3 +49,33 @@ def test_bench_bad_arguments(workspace, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "--runs" in err[0]
     assert main(["bench", "--bundle", str(tmp_path / "missing")]) == 2
+
+
+def test_report_from_result_files(workspace, photos, tmp_path):
+    """benchmarks/report.py turns bench files into Markdown, HTML and PNG plots (latency; decode vs roofline, with
+    the phone projection labelled as one)."""
+    import runpy
+    from pathlib import Path
+
+    from PIL import Image
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "not-a-bench.json").write_text('{"kind": "something else"}')
+    for family, size in (("clip", "tiny"), ("qwen2_vl", "varied")):
+        assert main(["bench", "--bundle", str(workspace.bundle(family, "int8", size)), "--runs", "2", "--warmup", "1",
+                     "--new-tokens", "4", "--threads", "1", "--json", str(results / f"{family}.json")]) == 0
+    report = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "report.py"))
+    out = tmp_path / "report"
+    report["main"](["--results", str(results), "--out", str(out)])
+    text = (out / "report.md").read_text()
+    assert "bundle-clip-tiny-int8 (int8)" in text and "| text_decoder_prefill |" in text
+    assert "Phone projection (a projection, not a measurement)" in text and "| 76.8 |" in text
+    assert "clip.json, qwen2_vl.json" in text
+    page = (out / "report.html").read_text()
+    assert page.count("<table>") == 4 and '<img alt="latency" src="latency.png">' in page
+    for plot in ("latency.png", "decode_roofline.png"):
+        with Image.open(out / plot) as image:
+            assert image.format == "PNG" and image.width == 900 and image.height > 100
+    with pytest.raises(SystemExit, match="no bundle_bench result files"):
+        report["main"](["--results", str(tmp_path), "--out", str(out)])

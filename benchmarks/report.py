@@ -1,0 +1,188 @@
+"""Benchmark report: Markdown + HTML + PNG plots generated from ``pocketvlm bench`` result files.
+
+    python benchmarks/report.py [--results benchmarks/results/bench] [--out benchmarks/results/report]
+
+Reads every ``bundle_bench`` JSON file in ``--results`` (written by ``pocketvlm bench --json``), and writes
+``report.md``, ``report.html`` and the plots (``latency.png``, ``decode_roofline.png``) into ``--out``:
+- latency per component (median, p90 in the table) by bundle and quantization;
+- decode tokens/s against the decode roofline of the machine the file came from (its measured bandwidth / the bytes
+  read per token);
+- a phone projection: the same bytes per token at published phone memory bandwidths, labelled as a projection,
+  beside published phone figures (``PUBLISHED``, each with its source).
+Plots are drawn with Pillow (a runtime dependency already), so the report needs nothing else installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+RESULTS = Path(__file__).parent / "results"
+# (device, memory, GB/s, source): projection inputs, never results
+PHONES = (("Snapdragon 8 Gen 3 (Galaxy S24, OnePlus 12)", "LPDDR5X-4800", 76.8, "runlocalai.co device listing"),)
+# (what, figure, source): published phone figures to stand beside the projection
+PUBLISHED = (
+    ("Qwen3-0.6B 8da4w decode, Galaxy S22 (ExecuTorch)", "59.2 tok/s", "huggingface/optimum-executorch README"),
+    ("Qwen3-1.7B decode, SM8750 CPU (MNN)", "34.8 tok/s", "alibaba/MNN issue #4378"),
+    ("LLaVA-1.5-7B 4-bit decode, OnePlus 12 (ExecuTorch XNNPACK)", "8.92 tok/s",
+     "pytorch/executorch examples/models/llava/README.md"),
+    ("CLIP ViT-B/16 image+text, Galaxy S24 (ONNX)", "15.3 ms", "quic/ai-hub-models openai_clip perf.yaml"),
+)
+COLOURS = ((52, 101, 164), (245, 121, 0), (115, 210, 22), (204, 0, 0), (117, 80, 123), (193, 125, 17))
+
+
+def load_results(folder: Path) -> list[dict[str, Any]]:
+    """Every bundle_bench file in ``folder``, sorted by bundle name; anything else there is skipped."""
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text())
+        if data.get("kind") == "bundle_bench":
+            data["_file"] = path.name
+            results.append(data)
+    if not results:
+        raise SystemExit(f"no bundle_bench result files in {folder}: run `pocketvlm bench --bundle DIR --json "
+                         f"{folder}/NAME.json` first")
+    return sorted(results, key=lambda r: label(r))
+
+
+def label(result: dict[str, Any]) -> str:
+    """The bundle directory's name and its quantization methods, e.g. ``shapes-captioner-int4 (int4)``."""
+    bundle = result["bundle"]
+    methods = "/".join(dict.fromkeys(bundle["quantization"].values()))
+    return f"{Path(bundle['path']).name} ({methods})"
+
+
+def bar_chart(groups: list[tuple[str, list[tuple[str, float]]]], title: str, unit: str, path: Path) -> None:
+    """Horizontal grouped bars: one group per row label, one bar per series, each bar labelled with its value."""
+    series = list(dict.fromkeys(name for _, bars in groups for name, _ in bars))
+    top = max((value for _, bars in groups for _, value in bars), default=1.0) or 1.0
+    bar_h, gap, left, width = 18, 14, 300, 900
+    height = 60 + sum(len(bars) * bar_h + gap for _, bars in groups) + 30 + 20 * len(series)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 10), f"{title} ({unit})", fill="black")
+    y = 40
+    scale = (width - left - 120) / top
+    for name, bars in groups:
+        draw.text((10, y + 2), name[:48], fill="black")
+        for series_name, value in bars:
+            colour = COLOURS[series.index(series_name) % len(COLOURS)]
+            draw.rectangle([left, y, left + max(value * scale, 1), y + bar_h - 3], fill=colour)
+            draw.text((left + value * scale + 6, y + 2), f"{value:.3g}", fill="black")
+            y += bar_h
+        y += gap
+    for i, series_name in enumerate(series):
+        draw.rectangle([10, y + 20 * i + 4, 24, y + 20 * i + 16], fill=COLOURS[i % len(COLOURS)])
+        draw.text((32, y + 20 * i + 4), series_name, fill="black")
+    image.save(path)
+
+
+def latency_groups(results: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, float]]]]:
+    return [(label(r), [(name, stats["median_ms"]) for name, stats in r["figures"]["components"].items()])
+            for r in results]
+
+
+def roofline_groups(results: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, float]]]]:
+    return [(label(r), [("measured decode", r["figures"]["decode_tokens_per_s"]),
+                        ("roofline (bandwidth / bytes per token)", r["roofline"]["roofline_tokens_per_s"])])
+            for r in results if "roofline" in r]
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    first = results[0]
+    lines = ["# pocketvlm benchmark report", "",
+             f"Machine: {first['machine'].get('cpu', first['machine'].get('processor', '?'))}, "
+             f"{first['threads']} threads; tools: " + ", ".join(f"{k} {v}" for k, v in first["tools"].items()), "",
+             "## Latency per component", "", "| bundle | component | median ms | p90 ms | bundle MB | peak RSS MB |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        for name, stats in r["figures"]["components"].items():
+            lines.append(f"| {label(r)} | {name} | {stats['median_ms']:.2f} | {stats['p90_ms']:.2f} | "
+                         f"{r['bundle'].get('bytes', 0) / 1e6:.1f} | {r['peak_rss_bytes'] / 1e6:.0f} |")
+    lines += ["", "![latency](latency.png)", ""]
+    vlms = [r for r in results if "roofline" in r]
+    if vlms:
+        lines += ["## Decode against the memory-bandwidth roofline", "",
+                  "| bundle | TTFT ms | prefill tok/s | decode tok/s | roofline tok/s | fraction | bytes/token MB |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in vlms:
+            f, roof = r["figures"], r["roofline"]
+            lines.append(f"| {label(r)} | {f['time_to_first_token_ms']:.1f} | {f['prefill_tokens_per_s']:.1f} | "
+                         f"{f['decode_tokens_per_s']:.1f} | {roof['roofline_tokens_per_s']:.1f} | "
+                         f"{roof['fraction_of_roofline'] * 100:.0f}% | {roof['bytes_per_token'] / 1e6:.1f} |")
+        lines += ["", "![decode vs roofline](decode_roofline.png)", "",
+                  "## Phone projection (a projection, not a measurement)", "",
+                  "The same bytes per decode token at a phone's published memory bandwidth, at the fraction of "
+                  "roofline measured here. Phones share that bandwidth with everything else, so treat it as an "
+                  "upper bound.", "", "| bundle | phone | GB/s | roofline tok/s | at measured fraction | source |",
+                  "|---|---|---:|---:|---:|---|"]
+        for r in vlms:
+            for phone, memory, gbs, source in PHONES:
+                limit = gbs * 1e9 / r["roofline"]["bytes_per_token"]
+                lines.append(f"| {label(r)} | {phone}, {memory} | {gbs:.1f} | {limit:.0f} | "
+                             f"{limit * r['roofline']['fraction_of_roofline']:.0f} | {source} |")
+        lines += ["", "Published phone figures (other models, other tools; for scale only):", "",
+                  "| what | figure | source |", "|---|---|---|"]
+        lines += [f"| {what} | {figure} | {source} |" for what, figure, source in PUBLISHED]
+    lines += ["", "Result files: " + ", ".join(r["_file"] for r in results)]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(text: str) -> str:
+    """The Markdown report as a standalone HTML page (tables, headings, images and paragraphs only)."""
+    body, rows = [], []
+
+    def flush_table() -> None:
+        if rows:
+            head, *rest = rows
+            body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rest)
+                        + "</table>")
+            rows.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](")
+            body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}">')
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>pocketvlm benchmark report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS / "bench")
+    parser.add_argument("--out", type=Path, default=RESULTS / "report")
+    args = parser.parse_args(argv)
+    results = load_results(args.results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    bar_chart(latency_groups(results), "Latency per component, median", "ms", args.out / "latency.png")
+    if any("roofline" in r for r in results):
+        bar_chart(roofline_groups(results), "Decode tokens/s against the roofline", "tokens/s",
+                  args.out / "decode_roofline.png")
+    text = markdown(results)
+    (args.out / "report.md").write_text(text)
+    (args.out / "report.html").write_text(to_html(text))
+    print(f"wrote {args.out}/report.md, report.html and plots from {len(results)} result files")
+
+
+if __name__ == "__main__":
+    main()
