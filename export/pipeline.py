@@ -200,7 +200,9 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[C
     from pocketvlm.export.onnx_export import export_component
 
     started = time.perf_counter()
-    steps = 2 + len(components) * (1 + len(stagings))
+    calibrated = {c.name for q in quants for c in components
+                  if q.for_component(c.name).method == "int4" and q.for_component(c.name).gptq}
+    steps = 2 + len(components) * (1 + len(stagings)) + len(calibrated)  # + one Hessian pass per GPTQ component
     step = 0
 
     def tick(message: str) -> None:

@@ -83,8 +83,11 @@ def test_gptq_int4_is_calibrated_on_recorded_feeds_and_recorded(workspace, photo
     for name in ("coffee", "camera"):
         fp32.generate(photos[name].resize((140, 140)), "Describe this image.", GenerationConfig(max_new_tokens=8))
     assert len(recorder.feeds) == 16 and recorder.feeds[0]["input_ids"].shape[1] > 1  # prefill, then decode steps
+    messages: list[str] = []
     out = pipeline.export_bundles(checkpoint, [(tmp_path / "gptq", gptq)],
-                                  calibration={"text_decoder": recorder.feeds})[0]
+                                  calibration={"text_decoder": recorder.feeds}, progress=messages.append)[0]
+    steps = [m.split("]")[0][1:].split("/") for m in messages if m.startswith("[")]
+    assert steps[-1][0] == steps[-1][1] and any("Hessians of text_decoder" in m for m in messages), messages
     record = load_bundle(out).manifest["components"]["text_decoder"]["quantization"]
     assert record["gptq"] is True and record["symmetric"] is False and "GPTQ" in record["weights"]
     report = vlm_parity(out, checkpoint, photos={"astronaut": photos["astronaut"].resize((140, 140))}, steps=16)
