@@ -236,7 +236,7 @@ def test_interrupted_replacement_keeps_the_old_bundle(tmp_path, monkeypatch, wor
     shutil.copytree(workspace.bundle("clip", "fp32"), out)
     before = (out / "manifest.json").read_text()
 
-    def fail(src, dst, spec):
+    def fail(src, dst, spec, hessians=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "quantize_file", fail)
