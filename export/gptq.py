@@ -31,6 +31,8 @@ def collect_hessians(model: Any, nodes: list[Any], feeds: Iterable[dict[str, np.
     import onnx
     import onnxruntime as ort
 
+    if not nodes:
+        return {}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     wanted = {node.input[0] for node in nodes}
