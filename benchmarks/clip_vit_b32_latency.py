@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 VIT_B32 = {
     "text_config": {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8, "num_hidden_layers": 12,
@@ -50,15 +49,10 @@ def build(out: Path) -> Path:
     return out
 
 
-def median_ms(fn, runs: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1e3)
-    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+def median_ms(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, Any]:
+    from pocketvlm.runtime.bench import summarize, timed
+
+    return summarize(timed(fn, runs, warmup))
 
 
 def main() -> None:
