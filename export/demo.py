@@ -96,7 +96,7 @@ def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[d
         stale.append(quant)
     if not stale:
         return wanted, None
-    calibrated = [q for q in stale if _needs_calibration(model.quants[q])]
+    calibrated = [q for q in stale if model.quants[q].uses_gptq]
     plain = [q for q in stale if q not in calibrated]
     started = time.perf_counter()
     if plain:
@@ -113,9 +113,6 @@ def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[d
                        calibration=feeds)
     return wanted, time.perf_counter() - started
 
-
-def _needs_calibration(config: QuantConfig) -> bool:
-    return any(spec.gptq for spec in (config.default, *config.components.values()))
 
 
 def _bundle_mb(manifest: dict[str, Any]) -> float:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketvlm.export.int4 import quantize_blocks, quantize_blocks_asymmetric
+from pocketvlm.export.int4 import pack_levels, quantize_blocks, quantize_blocks_asymmetric
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added to the diagonal (the paper's default)
 
@@ -117,9 +117,7 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, block_size: int, bits
             part[:, i:] -= np.outer(err, inv[i, i:])
             errors[:, i] = err
         w[:, hi:] -= errors @ upper[lo:hi, hi:]
-    q = q.reshape(n, blocks, block_size)
-    packed = q if bits == 8 else q[..., 0::2] | (q[..., 1::2] << 4)
-    return packed, scales, None if symmetric else zeros.astype(np.uint8)
+    return pack_levels(q.reshape(n, blocks, block_size), bits), scales, None if symmetric else zeros.astype(np.uint8)
 
 
 class FeedRecorder:

@@ -15,7 +15,6 @@ exactly but send ORT down a dequantizing path 60x slower, so they are not used.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,14 +22,24 @@ import numpy as np
 SEARCH = np.linspace(0.6, 1.1, 21)  # scale = amax / (levels * factor), tried with both signs
 
 
-def quantize_blocks(weight: np.ndarray, block_size: int, bits: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """[K, N] float weight -> (packed uint8 [N, blocks, block_size * bits // 8], scales float32 [N, blocks])."""
-    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+def blocked(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """[K, N] weight -> [N, blocks, block_size] float32, K zero-padded to whole blocks (blocks run along K)."""
     k, n = weight.shape
     blocks = -(-k // block_size)
     padded = np.zeros((blocks * block_size, n), dtype=np.float32)
     padded[:k] = weight
-    w = padded.T.reshape(n, blocks, block_size)  # [N, blocks, bs]
+    return padded.T.reshape(n, blocks, block_size)
+
+
+def pack_levels(q: np.ndarray, bits: int) -> np.ndarray:
+    """[..., block_size] uint8 levels -> MatMulNBits' B layout (4 bits: two levels per byte, low nibble first)."""
+    return q if bits == 8 else q[..., 0::2] | (q[..., 1::2] << 4)
+
+
+def quantize_blocks(weight: np.ndarray, block_size: int, bits: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """[K, N] float weight -> (packed uint8 [N, blocks, block_size * bits // 8], scales float32 [N, blocks])."""
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    w = blocked(weight, block_size)
     amax = np.abs(w).max(axis=-1, keepdims=True)
     amax = np.where(amax == 0, 1.0, amax)
     best_err = np.full(amax.shape, np.inf, dtype=np.float32)
@@ -44,8 +53,7 @@ def quantize_blocks(weight: np.ndarray, block_size: int, bits: int = 4) -> tuple
             best_err = np.where(better, err, best_err)
             best_scale = np.where(better, scale, best_scale)
     q = (np.clip(np.rint(w / best_scale), low, high) - low).astype(np.uint8)
-    packed = q if bits == 8 else q[..., 0::2] | (q[..., 1::2] << 4)
-    return packed, best_scale[..., 0].astype(np.float32)
+    return pack_levels(q, bits), best_scale[..., 0].astype(np.float32)
 
 
 ASYM_SEARCH = np.linspace(0.7, 1.0, 16)  # the block's [min, max] range shrunk by this factor
@@ -56,11 +64,7 @@ def quantize_blocks_asymmetric(weight: np.ndarray, block_size: int,
     """[K, N] float weight -> (packed uint8 [N, blocks, block_size * bits // 8], scales float32 [N, blocks],
     zero points uint8 [N, blocks]) with w ~ (q - zero) * scale; the range is MSE-searched like the symmetric one."""
     top = 2 ** bits - 1
-    k, n = weight.shape
-    blocks = -(-k // block_size)
-    padded = np.zeros((blocks * block_size, n), dtype=np.float32)
-    padded[:k] = weight
-    w = padded.T.reshape(n, blocks, block_size)
+    w = blocked(weight, block_size)
     low = np.minimum(w.min(axis=-1, keepdims=True), 0.0)
     high = np.maximum(w.max(axis=-1, keepdims=True), 0.0)
     span = np.where(high - low == 0, 1.0, high - low)
@@ -76,8 +80,7 @@ def quantize_blocks_asymmetric(weight: np.ndarray, block_size: int,
         best_scale = np.where(better, scale, best_scale)
         best_zero = np.where(better, zero, best_zero)
     q = np.clip(np.rint(w / best_scale) + best_zero, 0, top).astype(np.uint8)
-    packed = q if bits == 8 else q[..., 0::2] | (q[..., 1::2] << 4)
-    return packed, best_scale[..., 0].astype(np.float32), best_zero[..., 0].astype(np.uint8)
+    return pack_levels(q, bits), best_scale[..., 0].astype(np.float32), best_zero[..., 0].astype(np.uint8)
 
 
 def pack_zero_points(zero: np.ndarray, bits: int) -> np.ndarray:
@@ -101,19 +104,15 @@ def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, k: int, bits: int 
 
 def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits: int | None = None,
                      last_bits: int | None = None, accuracy_level: int = 0, symmetric: bool = True,
-                     bits_for: Callable[[Any], int | None] | None = None,
                      hessians: dict[str, np.ndarray] | None = None) -> int:
     """Rewrite every MatMul (and linear Gemm) with a 2-D float32 initializer weight (K >= block_size) in place.
     Returns the count.
 
     ``first_bits`` / ``last_bits`` give the first and last such layer in graph order their own width (the usual
     mixed-precision rule: the first layer sees the raw input and its error is amplified by every later layer; the
-    last one writes the output directly). ``bits_for(node)`` may override the width of any node (None: keep the
-    rule above); it sees the exporter's metadata (module scopes), so roles like attention can be kept wider.
-    ``hessians`` (``{node name: X^T X}`` from ``gptq.collect_hessians``) switches the nodes it names from
-    round-to-nearest to GPTQ; the output format is the same.
+    last one writes the output directly). ``hessians`` (``{node name: X^T X}`` from ``gptq.collect_hessians``)
+    switches the nodes it names from round-to-nearest to GPTQ; the output format is the same.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
     from pocketvlm.export.gptq import gptq_quantize
@@ -124,10 +123,10 @@ def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits
         for name in node.input:
             users[name] = users.get(name, 0) + 1
     def weight_of(node: Any) -> tuple[np.ndarray | None, str | None, Any]:
-        weight_name, bias = _weight_operand(node)
-        init = initializers.get(weight_name) if weight_name else None
-        if init is None or len(init.dims) != 2 or init.data_type != onnx.TensorProto.FLOAT:
+        init = _float_weight(node, initializers)
+        if init is None:
             return None, None, None
+        bias = _weight_operand(node)[1]
         dims = list(init.dims)[::-1] if node.op_type == "Gemm" and _attr(node, "transB", 0) else list(init.dims)
         return (None, None, None) if dims[0] < block_size else (init, bias, dims)
 
@@ -138,9 +137,6 @@ def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits
         widths[eligible[0]] = first_bits
     if len(eligible) > 1 and last_bits:
         widths[eligible[-1]] = last_bits
-    if bits_for is not None:
-        for key in eligible:
-            widths[key] = bits_for(graph_nodes[key]) or widths[key]
     rewritten, nodes = 0, []
     for position, node in enumerate(graph_nodes):
         if position not in widths:
@@ -186,16 +182,19 @@ def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits
 def weight_nodes(model: Any) -> list[Any]:
     """The MatMul / linear Gemm nodes whose weight is a 2-D float32 initializer: what ``matmuls_to_nbits`` may
     rewrite (and what GPTQ collects Hessians for)."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    return [node for node in model.graph.node if _float_weight(node, initializers) is not None]
+
+
+def _float_weight(node: Any, initializers: dict[str, Any]) -> Any:
+    """The node's weight initializer when it is a MatMul / linear Gemm with a 2-D float32 one, else None."""
     import onnx
 
-    initializers = {init.name: init for init in model.graph.initializer}
-    found = []
-    for node in model.graph.node:
-        weight_name, _ = _weight_operand(node)
-        init = initializers.get(weight_name) if weight_name else None
-        if init is not None and len(init.dims) == 2 and init.data_type == onnx.TensorProto.FLOAT:
-            found.append(node)
-    return found
+    weight_name, _ = _weight_operand(node)
+    init = initializers.get(weight_name) if weight_name else None
+    if init is None or len(init.dims) != 2 or init.data_type != onnx.TensorProto.FLOAT:
+        return None
+    return init
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:

@@ -159,10 +159,9 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
     for out_dir, quant in plan:
         quant.check_components(tuple(c.name for c in components))
         _check_destination(out_dir, model_dir)
-        for comp in components:
-            spec = quant.for_component(comp.name)
-            if spec.method == "int4" and spec.gptq and not (calibration or {}).get(comp.name):
-                raise QuantizationError(f"GPTQ was asked for {comp.name} but no calibration feeds were given for it",
+        for name in sorted(quant.gptq_components(tuple(c.name for c in components))):
+            if not (calibration or {}).get(name):
+                raise QuantizationError(f"GPTQ was asked for {name} but no calibration feeds were given for it",
                                         "pass calibration={component: feeds} to export_bundles, or drop gptq")
     stagings = []
     try:
@@ -200,8 +199,7 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[C
     from pocketvlm.export.onnx_export import export_component
 
     started = time.perf_counter()
-    calibrated = {c.name for q in quants for c in components
-                  if q.for_component(c.name).method == "int4" and q.for_component(c.name).gptq}
+    calibrated = set().union(*(q.gptq_components(tuple(c.name for c in components)) for q in quants))
     steps = 2 + len(components) * (1 + len(stagings)) + len(calibrated)  # + one Hessian pass per GPTQ component
     step = 0
 
@@ -232,7 +230,7 @@ def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[C
             records = {}
             for comp in components:
                 spec = quant.for_component(comp.name)
-                if spec.method == "int4" and spec.gptq and comp.name not in hessians:
+                if spec.gptq and comp.name not in hessians:
                     feeds = calibration[comp.name]
                     tick(f"collecting GPTQ Hessians of {comp.name} on {len(feeds)} calibration feeds")
                     hessians[comp.name] = _hessians(scratch / f"{comp.name}.onnx", feeds)

@@ -145,6 +145,14 @@ class QuantConfig:
                 default = QuantSpec(method=part)
         return cls(default, {k: replace(default, method=v.method) for k, v in overrides.items()})
 
+    @property
+    def uses_gptq(self) -> bool:
+        return any(spec.gptq for spec in (self.default, *self.components.values()))
+
+    def gptq_components(self, names: tuple[str, ...]) -> set[str]:
+        """Those of ``names`` quantized with GPTQ (int4 only, checked by QuantSpec): they need calibration feeds."""
+        return {name for name in names if self.for_component(name).gptq}
+
     def check_components(self, names: tuple[str, ...]) -> None:
         unknown = sorted(set(self.components) - set(names))
         if unknown:
@@ -189,7 +197,7 @@ def quantize_file(src: Path, dst: Path, spec: QuantSpec, hessians: dict[str, Any
         return
     model = onnx.load(str(src))
     _strip_value_info(model)
-    if spec.gptq and spec.method == "int4" and hessians is None:
+    if spec.gptq and hessians is None:
         raise QuantizationError(f"GPTQ was asked for {src.stem} but no calibration data was given",
                                 "pass calibration feeds to export_bundles(calibration=...), or drop gptq")
     with _quiet_root_logger():
