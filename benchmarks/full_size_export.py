@@ -4,7 +4,7 @@ Speed and memory do not depend on weight values, so the real config with seeded 
 real checkpoint (which cannot be downloaded here). The checkpoint is built in one child process and exported in
 another (`pocketvlm export`), which reports its own peak RSS (getrusage of itself, so the build does not count).
 
-    python benchmarks/full_size_export.py --model qwen2_vl_2b --quant int4 --work /tmp/pocketvlm-full
+    python benchmarks/full_size_export.py --model qwen2_vl_2b --quant int4 --block-size 128 --work /tmp/pocketvlm-full
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=sorted(REAL_CONFIGS), default="qwen2_vl_2b")
     parser.add_argument("--quant", default="int4")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="MatMulNBits block size (default: the quantizer's, 32); 128 is the usual GPTQ/AWQ group")
     parser.add_argument("--work", type=Path, default=Path("/tmp/pocketvlm-full"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -78,10 +80,15 @@ def main() -> None:
         print(f"building {args.model} (random weights) in {checkpoint}", flush=True)
         subprocess.run([sys.executable, "-c", BUILD, json.dumps(spec), str(checkpoint)], check=True)
     weight_bytes = sum(f.stat().st_size for f in checkpoint.glob("*.safetensors"))
-    print(f"exporting to {bundle} ({args.quant})", flush=True)
+    quant = args.quant
+    if args.block_size:
+        quant_file = args.work / f"quant-{args.quant}-b{args.block_size}.json"
+        quant_file.write_text(json.dumps({"default": {"method": args.quant, "block_size": args.block_size}}))
+        quant, bundle = str(quant_file), bundle.with_name(f"{bundle.name}-b{args.block_size}")
+    print(f"exporting to {bundle} ({quant})", flush=True)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", EXPORT, "export", "--model", str(checkpoint), "--out", str(bundle),
-                           "--quant", args.quant, "--progress"], check=True, stdout=subprocess.PIPE, text=True)
+                           "--quant", quant, "--progress"], check=True, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - started
     print(done.stdout, end="")
     peak_kb = int(done.stdout.split("PEAK_RSS_KB")[-1].split()[0])
@@ -89,7 +96,8 @@ def main() -> None:
     bundle_bytes = sum(f["bytes"] for f in manifest["files"])
     parameters = weight_bytes // 4  # the checkpoint is float32
     result = {
-        "model": args.model, "quant": args.quant, "parameters": parameters, "fp32_parameter_bytes": weight_bytes,
+        "model": args.model, "quant": args.quant, "block_size": args.block_size or 32,
+        "parameters": parameters, "fp32_parameter_bytes": weight_bytes,
         "export_wall_s": round(wall, 1), "export_peak_rss_bytes": peak_kb * 1024,
         "peak_rss_vs_fp32_bytes": round(peak_kb * 1024 / weight_bytes, 3),
         "load_1min_at_end": os.getloadavg()[0],
@@ -100,7 +108,8 @@ def main() -> None:
         "tools": manifest["source"]["tools"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"full_size_export_{args.model}_{args.quant}.json"
+    suffix = f"_b{args.block_size}" if args.block_size else ""
+    path = args.out / f"full_size_export_{args.model}_{args.quant}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -2,11 +2,15 @@
 
     python benchmarks/report.py [--results benchmarks/results/bench] [--out benchmarks/results/report]
 
-Reads every ``bundle_bench`` JSON file in ``--results`` (written by ``pocketvlm bench --json``), and writes
-``report.md``, ``report.html`` and the plots (``latency.png``, ``decode_roofline.png``) into ``--out``:
+Reads every ``bundle_bench`` JSON file in ``--results`` (written by ``pocketvlm bench --json``), plus the
+``decode_peers_*.json`` (``benchmarks/decode_peers.py``) and ``full_size_export_*.json``
+(``benchmarks/full_size_export.py``) files in ``--extra``, and writes ``report.md``, ``report.html`` and the plots
+(``latency.png``, ``decode_roofline.png``, ``decode_peers.png``) into ``--out``:
 - latency per component (median, p90 in the table) by bundle and quantization;
 - decode tokens/s against the decode roofline of the machine the file came from (its measured bandwidth / the bytes
   read per token);
+- decode peers measured in one run (pocketvlm, onnxruntime-genai, PyTorch eager) and full-size export time, peak
+  memory and bundle bytes per parameter;
 - a phone projection: the same bytes per token at published phone memory bandwidths, labelled as a projection,
   beside published phone figures (``PUBLISHED``, each with its source).
 Plots are drawn with Pillow (a runtime dependency already), so the report needs nothing else installed.
@@ -129,8 +133,65 @@ def markdown(results: list[dict[str, Any]]) -> str:
         lines += ["", "Published phone figures (other models, other tools; for scale only):", "",
                   "| what | figure | source |", "|---|---|---|"]
         lines += [f"| {what} | {figure} | {source} |" for what, figure, source in PUBLISHED]
-    lines += ["", "Result files: " + ", ".join(r["_file"] for r in results)]
+    lines += ["", "Result files: " + ", ".join(r["_file"] for r in results), ""]
     return "\n".join(lines) + "\n"
+
+
+def load_extra(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(decode_peers results, full_size_export results) in ``folder``, each sorted by file name."""
+    peers = [dict(json.loads(p.read_text()), _file=p.name) for p in sorted(folder.glob("decode_peers_*.json"))]
+    exports = [dict(json.loads(p.read_text()), _file=p.name) for p in sorted(folder.glob("full_size_export_*.json"))]
+    return peers, exports
+
+
+ENGINE_NAMES = {"pocketvlm": "pocketvlm int4 (ONNX Runtime)", "genai": "onnxruntime-genai int4",
+                "torch": "PyTorch eager fp32"}
+
+
+def peer_groups(peers: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, float]]]]:
+    return [(f"{ENGINE_NAMES.get(name, name)}", [("measured decode", e["decode_tokens_per_s"]),
+                                                 ("roofline (bandwidth / bytes per token)",
+                                                  e["roofline_tokens_per_s"])])
+            for r in peers for name, e in r["engines"].items()]
+
+
+def extra_markdown(peers: list[dict[str, Any]], exports: list[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for r in peers:
+        bandwidth = max(r["bandwidth"]["copy_gbs"], r["bandwidth"]["add_gbs"])
+        lines += [f"## Decode peers, one run: {r['checkpoint']} ({r['prompt_tokens']} prompt + {r['new_tokens']} "
+                  f"new tokens, {r['threads']} threads, bandwidth {bandwidth:.1f} GB/s)", "",
+                  "| engine | decode tok/s | vs onnxruntime-genai | first token ms | GB read/token | roofline tok/s "
+                  "| fraction of roofline |", "|---|---:|---:|---:|---:|---:|---:|"]
+        genai = r["engines"].get("genai", {}).get("decode_tokens_per_s")
+        for name, e in r["engines"].items():
+            versus = f"{e['decode_tokens_per_s'] / genai:.2f}x" if genai else "-"
+            lines.append(f"| {ENGINE_NAMES.get(name, name)} | {e['decode_tokens_per_s']:.2f} | {versus} | "
+                         f"{e['first_token_ms']:.0f} | {sum(e['bytes_per_token'].values()) / 1e9:.3f} | "
+                         f"{e['roofline_tokens_per_s']:.1f} | {e['fraction_of_roofline'] * 100:.0f}% |")
+        lines += ["", "![decode peers](decode_peers.png)", "", f"Result file: {r['_file']}", ""]
+        ours = r["engines"].get("pocketvlm")
+        if ours:
+            lines += ["Phone projection of the pocketvlm decoder (a projection, not a measurement):", "",
+                      "| phone | GB/s | roofline tok/s | at the fraction measured here | source |",
+                      "|---|---:|---:|---:|---|"]
+            per_token = sum(ours["bytes_per_token"].values())
+            for phone, memory, gbs, source in PHONES:
+                limit = gbs * 1e9 / per_token
+                lines.append(f"| {phone}, {memory} | {gbs:.1f} | {limit:.1f} | "
+                             f"{limit * ours['fraction_of_roofline']:.1f} | {source} |")
+            lines.append("")
+    if exports:
+        lines += ["## Full-size exports (random weights, real architecture)", "",
+                  "| model | quantization | export s | peak RSS GB | peak RSS / fp32 weight bytes | bundle MB | "
+                  "bytes per parameter |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in exports:
+            lines.append(f"| {r['model']} ({r['parameters'] / 1e9:.2f}B) | {r['quant']} block {r.get('block_size', 32)}"
+                         f" | {r['export_wall_s']:.0f} | {r['export_peak_rss_bytes'] / 1e9:.1f} | "
+                         f"{r['peak_rss_vs_fp32_bytes']:.2f}x | {r['bundle_bytes'] / 1e6:.0f} | "
+                         f"{r['bundle_bytes_per_parameter']:.4f} |")
+        lines += ["", "Result files: " + ", ".join(r["_file"] for r in exports), ""]
+    return lines
 
 
 def to_html(text: str) -> str:
@@ -170,15 +231,21 @@ def to_html(text: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS / "bench")
+    parser.add_argument("--extra", type=Path, default=RESULTS,
+                        help="folder of decode_peers_*.json and full_size_export_*.json files")
     parser.add_argument("--out", type=Path, default=RESULTS / "report")
     args = parser.parse_args(argv)
     results = load_results(args.results)
+    peers, exports = load_extra(args.extra)
     args.out.mkdir(parents=True, exist_ok=True)
     bar_chart(latency_groups(results), "Latency per component, median", "ms", args.out / "latency.png")
     if any("roofline" in r for r in results):
         bar_chart(roofline_groups(results), "Decode tokens/s against the roofline", "tokens/s",
                   args.out / "decode_roofline.png")
-    text = markdown(results)
+    if peers:
+        bar_chart(peer_groups(peers), "Decode tokens/s by engine, same run, against each one's roofline", "tokens/s",
+                  args.out / "decode_peers.png")
+    text = markdown(results) + "\n".join(extra_markdown(peers, exports))
     (args.out / "report.md").write_text(text)
     (args.out / "report.html").write_text(to_html(text))
     print(f"wrote {args.out}/report.md, report.html and plots from {len(results)} result files")

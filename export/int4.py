@@ -15,6 +15,7 @@ exactly but send ORT down a dequantizing path 60x slower, so they are not used.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,27 @@ def pack_levels(q: np.ndarray, bits: int) -> np.ndarray:
     return q if bits == 8 else q[..., 0::2] | (q[..., 1::2] << 4)
 
 
+CHUNK_ELEMENTS = 1 << 22  # weights are quantized this many values at a time (the scale search holds ~8 temporaries)
+
+
+def by_columns(quantize: Any, weight: np.ndarray, *args: Any) -> tuple[np.ndarray, ...]:
+    """Apply a [K, N] -> ([N, ...], ...) quantizer to slices of output columns and stack the results: columns are
+    independent (blocks run along K), so this is exact, and the search's temporaries stay bounded (a 151936 x 1536
+    embedding table in one piece held ~8 GB of them)."""
+    k, n = weight.shape
+    step = max(1, CHUNK_ELEMENTS // max(k, 1))
+    if n <= step:
+        return quantize(weight, *args)
+    parts = [quantize(weight[:, lo:lo + step], *args) for lo in range(0, n, step)]
+    return tuple(np.concatenate(outputs, axis=0) for outputs in zip(*parts, strict=True))
+
+
 def quantize_blocks(weight: np.ndarray, block_size: int, bits: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """[K, N] float weight -> (packed uint8 [N, blocks, block_size * bits // 8], scales float32 [N, blocks])."""
+    return by_columns(_quantize_blocks, weight, block_size, bits)  # type: ignore[return-value]
+
+
+def _quantize_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
     low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     w = blocked(weight, block_size)
     amax = np.abs(w).max(axis=-1, keepdims=True)
@@ -63,6 +83,11 @@ def quantize_blocks_asymmetric(weight: np.ndarray, block_size: int,
                                bits: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[K, N] float weight -> (packed uint8 [N, blocks, block_size * bits // 8], scales float32 [N, blocks],
     zero points uint8 [N, blocks]) with w ~ (q - zero) * scale; the range is MSE-searched like the symmetric one."""
+    return by_columns(_quantize_blocks_asymmetric, weight, block_size, bits)  # type: ignore[return-value]
+
+
+def _quantize_blocks_asymmetric(weight: np.ndarray, block_size: int,
+                                bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     top = 2 ** bits - 1
     w = blocked(weight, block_size)
     low = np.minimum(w.min(axis=-1, keepdims=True), 0.0)
@@ -104,14 +129,15 @@ def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, k: int, bits: int 
 
 def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits: int | None = None,
                      last_bits: int | None = None, accuracy_level: int = 0, symmetric: bool = True,
-                     hessians: dict[str, np.ndarray] | None = None) -> int:
+                     hessians: dict[str, np.ndarray] | None = None, base_dir: Path | None = None) -> int:
     """Rewrite every MatMul (and linear Gemm) with a 2-D float32 initializer weight (K >= block_size) in place.
     Returns the count.
 
     ``first_bits`` / ``last_bits`` give the first and last such layer in graph order their own width (the usual
     mixed-precision rule: the first layer sees the raw input and its error is amplified by every later layer; the
     last one writes the output directly). ``hessians`` (``{node name: X^T X}`` from ``gptq.collect_hessians``)
-    switches the nodes it names from round-to-nearest to GPTQ; the output format is the same.
+    switches the nodes it names from round-to-nearest to GPTQ; the output format is the same. Weights kept as external
+    data (graph loaded with ``load_external_data=False``) are read from ``base_dir`` one at a time.
     """
     from onnx import helper, numpy_helper
 
@@ -143,7 +169,7 @@ def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits
             nodes.append(node)
             continue
         init, bias, _ = weight_of(node)
-        weight = numpy_helper.to_array(init)
+        weight = tensor_array(init, base_dir)
         if node.op_type == "Gemm" and _attr(node, "transB", 0):
             weight = weight.T  # Gemm(transB=1) keeps nn.Linear's [out, in]
         k, n = weight.shape
@@ -177,6 +203,26 @@ def matmuls_to_nbits(model: Any, block_size: int = 32, bits: int = 4, first_bits
     if rewritten and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return rewritten
+
+
+def tensor_array(init: Any, base_dir: Path | None = None) -> np.ndarray:
+    """An initializer's value; one kept as external data is read from its file under ``base_dir`` with a plain read
+    (no memory map, so the rest of the file never counts against this process's resident memory)."""
+    from onnx import external_data_helper, helper, numpy_helper
+
+    if not external_data_helper.uses_external_data(init):
+        return numpy_helper.to_array(init)
+    if base_dir is None:
+        raise ValueError(f"initializer {init.name} is external data but no base directory was given")
+    info = external_data_helper.ExternalDataInfo(init)
+    dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+    count = int(np.prod(init.dims, dtype=np.int64))
+    with open(Path(base_dir) / info.location, "rb") as handle:
+        handle.seek(info.offset or 0)
+        data = np.fromfile(handle, dtype=dtype, count=count)
+    if data.size != count:
+        raise ValueError(f"external data of {init.name} is truncated ({data.size} of {count} values)")
+    return data.reshape(tuple(init.dims))
 
 
 def weight_nodes(model: Any) -> list[Any]:
@@ -216,7 +262,8 @@ def _weight_operand(node: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
-def quantize_tied_table(model: Any, block_size: int = 32, bits: int = 8, accuracy_level: int = 0) -> bool:
+def quantize_tied_table(model: Any, block_size: int = 32, bits: int = 8, accuracy_level: int = 0,
+                        base_dir: Path | None = None) -> bool:
     """A table used by both a Gather (token embedding) and, transposed, a MatMul (tied LM head) becomes one
     block-quantized initializer read by ``GatherBlockQuantized`` and ``MatMulNBits``: stored once, at ``bits``.
     ``accuracy_level`` is the head's; it matters: an 8-bit MatMulNBits at level 0 dequantizes on every call (measured
@@ -232,14 +279,14 @@ def quantize_tied_table(model: Any, block_size: int = 32, bits: int = 8, accurac
     head = heads[0]
     transpose = transposes[head.input[1]]
     gather = gathers[transpose.input[0]]
-    table = numpy_helper.to_array(initializers[gather.input[0]])  # [vocab, hidden]
+    table = tensor_array(initializers[gather.input[0]], base_dir)  # [vocab, hidden]
     vocab, hidden = table.shape
     if hidden % block_size:
         return False
-    packed, scales = quantize_blocks(table.T.copy(), block_size, bits)  # blocks run along hidden
+    packed, scales = quantize_blocks(table.T, block_size, bits)  # blocks run along hidden (a view: no copy)
     name = f"{gather.input[0]}_q{bits}"
     new_inits = [numpy_helper.from_array(packed, name), numpy_helper.from_array(scales.reshape(-1), f"{name}_scales"),
-                 numpy_helper.from_array(scales[..., None], f"{name}_scales3"),
+                 numpy_helper.from_array(np.array([*scales.shape, 1], np.int64), f"{name}_scales3_shape"),
                  numpy_helper.from_array(np.array([hidden], np.int64), f"{name}_hidden")]
     gather_inputs = [name, gather.input[1], f"{name}_scales3"]
     if bits == 8:
@@ -251,6 +298,8 @@ def quantize_tied_table(model: Any, block_size: int = 32, bits: int = 8, accurac
                 for name, node in (("gather", gather), ("transpose", transpose), ("head", head))}
     replacement = {
         position["gather"]: [
+            # the Gather's [vocab, blocks, 1] view of the head's scales: stored once (ORT folds the Reshape at load)
+            helper.make_node("Reshape", [f"{name}_scales", f"{name}_scales3_shape"], [f"{name}_scales3"]),
             helper.make_node("GatherBlockQuantized", gather_inputs, [blocks_out], name=f"{name}_gather",
                              domain="com.microsoft", gather_axis=0, quantize_axis=2,
                              block_size=block_size, bits=bits),

@@ -186,22 +186,31 @@ def _strip_value_info(model: Any) -> None:
 
 def quantize_file(src: Path, dst: Path, spec: QuantSpec, hessians: dict[str, Any] | None = None) -> None:
     """Write ``src`` (fp32 ONNX) to ``dst`` quantized per ``spec``. Pure: ``src`` is left untouched. ``hessians``
-    (from ``gptq.collect_hessians`` on ``src``) are required when ``spec.gptq`` is set."""
+    (from ``gptq.collect_hessians`` on ``src``) are required when ``spec.gptq`` is set.
+
+    Weight-only methods (int4, and int8 on ``text_decoder``) stream: the graph is loaded without its external weights
+    and each weight is read from disk, quantized and dropped, so peak memory is the quantized bundle plus one fp32
+    weight (a full-size Qwen2-VL-2B never has its fp32 weights in memory here)."""
     import onnx
 
-    if spec.method == "fp32":
-        if external_data_path(src).exists():
-            save_onnx(onnx.load(str(src)), dst)
-        else:
-            shutil.copyfile(src, dst)
-        return
-    model = onnx.load(str(src))
-    _strip_value_info(model)
     if spec.gptq and hessians is None:
         raise QuantizationError(f"GPTQ was asked for {src.stem} but no calibration data was given",
                                 "pass calibration feeds to export_bundles(calibration=...), or drop gptq")
+    if spec.method == "fp32":
+        data = external_data_path(src)
+        if data.exists() and data.stat().st_size >= PROTOBUF_LIMIT:
+            shutil.copyfile(src, dst)  # the graph names its data file "<name>.onnx.data": same name beside dst
+            shutil.copyfile(data, external_data_path(dst))
+        elif data.exists():
+            save_onnx(onnx.load(str(src)), dst)  # small: one self-contained file
+        else:
+            shutil.copyfile(src, dst)
+        return
+    streaming = spec.method == "int4" or (spec.method == "int8" and bool(spec.int8_weight_only))
+    model = onnx.load(str(src), load_external_data=not streaming)
+    _strip_value_info(model)
     with _quiet_root_logger():
-        _quantize(model, dst, spec, hessians if spec.gptq else None)
+        _quantize(model, dst, spec, hessians if spec.gptq else None, src.parent)
 
 
 @contextlib.contextmanager
@@ -216,28 +225,47 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _quantize(model: Any, dst: Path, spec: QuantSpec, hessians: dict[str, Any] | None = None) -> None:
-
+def _quantize(model: Any, dst: Path, spec: QuantSpec, hessians: dict[str, Any] | None, base_dir: Path) -> None:
+    """``base_dir``: where the weights of a graph loaded without its external data are read from."""
     if spec.method == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
         save_onnx(model, dst)
+        return
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from pocketvlm.export.int4 import matmuls_to_nbits, quantize_tied_table
+
+    # A tied embedding / LM-head table stays one 8-bit initializer shared by both ops (embedding_bits).
+    quantize_tied_table(model, block_size=spec.block_size, bits=spec.embedding_bits,
+                        accuracy_level=spec.accuracy_level or 0, base_dir=base_dir)
+    if spec.method == "int8" and not spec.int8_weight_only:
+        _int8_dynamic(model, dst)
+        return
+    bits = 8 if spec.method == "int8" else 4
+    widths = {"first_bits": spec.first_layer_bits, "last_bits": spec.last_layer_bits} if bits == 4 else {}
+    matmuls_to_nbits(model, block_size=spec.block_size, bits=bits, accuracy_level=spec.accuracy_level or 0,
+                     symmetric=spec.symmetric, hessians=hessians, base_dir=base_dir, **widths)
+    load_external_data_for_model(model, str(base_dir))  # what is left: norms, biases, untied tables
+    if _gathered_tables(model):
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        # 8-bit embedding tables (Gather) on top of the weight-only MatMuls
+        quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
+                         per_channel=True)
     else:
-        from pocketvlm.export.int4 import quantize_tied_table
+        save_onnx(model, dst)
 
-        # A tied embedding / LM-head table stays one 8-bit initializer shared by both ops (embedding_bits).
-        quantize_tied_table(model, block_size=spec.block_size, bits=spec.embedding_bits,
-                            accuracy_level=spec.accuracy_level or 0)
-        if spec.method == "int8" and spec.int8_weight_only:
-            from pocketvlm.export.int4 import matmuls_to_nbits
 
-            matmuls_to_nbits(model, block_size=spec.block_size, bits=8, accuracy_level=spec.accuracy_level or 0)
-            save_onnx(model, dst)
-        elif spec.method == "int8":
-            _int8_dynamic(model, dst)
-        else:
-            _int4(model, dst, spec, hessians)
+def _gathered_tables(model: Any) -> list[str]:
+    """Float embedding tables read by Gather (index-shape Gathers on small int tensors do not count): ORT's quantizer
+    copies the whole model, so it runs only when there is a table for it to quantize."""
+    import onnx
+
+    tables = {init.name for init in model.graph.initializer
+              if len(init.dims) == 2 and init.data_type == onnx.TensorProto.FLOAT}
+    return [n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
 
 
 def _int8_dynamic(model: Any, dst: Path) -> None:
@@ -245,20 +273,3 @@ def _int8_dynamic(model: Any, dst: Path) -> None:
 
     quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"],
                      per_channel=True, extra_options={"MatMulConstBOnly": True})
-
-
-def _int4(model: Any, dst: Path, spec: QuantSpec, hessians: dict[str, Any] | None) -> None:
-
-    from pocketvlm.export.int4 import matmuls_to_nbits
-
-    matmuls_to_nbits(model, block_size=spec.block_size, bits=4, first_bits=spec.first_layer_bits,
-                     last_bits=spec.last_layer_bits, accuracy_level=spec.accuracy_level or 0,
-                     symmetric=spec.symmetric, hessians=hessians)
-    has_gather = any(n.op_type == "Gather" for n in model.graph.node)
-    if not has_gather:
-        save_onnx(model, dst)
-        return
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # 8-bit embedding tables (Gather) on top of the 4-bit MatMuls
-    quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"], per_channel=True)

@@ -53,28 +53,45 @@ def test_bench_bad_arguments(workspace, tmp_path, capsys):
 
 def test_report_from_result_files(workspace, photos, tmp_path):
     """benchmarks/report.py turns bench files into Markdown, HTML and PNG plots (latency; decode vs roofline, with
-    the phone projection labelled as one)."""
+    the phone projection labelled as one), plus the decode-peers run (here benchmarks/decode_peers.py itself, on a
+    tiny Qwen2-VL: pocketvlm against PyTorch eager) and the committed full-size export results."""
     import runpy
+    import shutil
     from pathlib import Path
 
     from PIL import Image
 
-    results = tmp_path / "results"
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    results, extra = tmp_path / "results", tmp_path / "extra"
     results.mkdir()
     (results / "not-a-bench.json").write_text('{"kind": "something else"}')
     for family, size in (("clip", "tiny"), ("qwen2_vl", "varied")):
         assert main(["bench", "--bundle", str(workspace.bundle(family, "int8", size)), "--runs", "2", "--warmup", "1",
                      "--new-tokens", "4", "--threads", "1", "--json", str(results / f"{family}.json")]) == 0
-    report = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "report.py"))
+    runpy.run_path(str(benchmarks / "decode_peers.py"))["main"](
+        ["--checkpoint", str(workspace.checkpoint("qwen2_vl", "varied")),
+         "--bundle", str(workspace.bundle("qwen2_vl", "fp32", "varied")), "--engines", "pocketvlm,torch",
+         "--prompt-tokens", "8", "--new-tokens", "6", "--runs", "1", "--threads", "1", "--out", str(extra)])
+    peers = json.loads(next(extra.glob("decode_peers_*.json")).read_text())
+    engines = peers["engines"]
+    # the same fp32 weights, prompt and greedy decoding: the same tokens
+    assert engines["pocketvlm"]["tokens"] == engines["torch"]["tokens"] and len(engines["torch"]["tokens"]) == 6
+    assert all(e["decode_tokens_per_s"] > 0 and e["fraction_of_roofline"] > 0 for e in engines.values())
+    full_size = sorted((benchmarks / "results").glob("full_size_export_*.json"))
+    for path in full_size:
+        shutil.copy(path, extra / path.name)
+    report = runpy.run_path(str(benchmarks / "report.py"))
     out = tmp_path / "report"
-    report["main"](["--results", str(results), "--out", str(out)])
+    report["main"](["--results", str(results), "--extra", str(extra), "--out", str(out)])
     text = (out / "report.md").read_text()
     assert "bundle-clip-tiny-int8 (int8)" in text and "| text_decoder_prefill |" in text
     assert "Phone projection (a projection, not a measurement)" in text and "| 76.8 |" in text
     assert "clip.json, qwen2_vl.json" in text
+    assert "## Decode peers, one run" in text and "| PyTorch eager fp32 |" in text
+    assert ("## Full-size exports" in text) == bool(full_size)
     page = (out / "report.html").read_text()
-    assert page.count("<table>") == 4 and '<img alt="latency" src="latency.png">' in page
-    for plot in ("latency.png", "decode_roofline.png"):
+    assert page.count("<table>") == 6 + bool(full_size) and '<img alt="latency" src="latency.png">' in page
+    for plot in ("latency.png", "decode_roofline.png", "decode_peers.png"):
         with Image.open(out / plot) as image:
             assert image.format == "PNG" and image.width == 900 and image.height > 100
     with pytest.raises(SystemExit, match="no bundle_bench result files"):

@@ -118,3 +118,54 @@ def test_gptq_lowers_output_error_and_runs_in_ort(symmetric):
     assert matmuls_to_nbits(model, block_size=32, bits=4, symmetric=symmetric, hessians=hessians) == 1
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"x": x[:4]})[0], x[:4] @ gptq, rtol=1e-3, atol=1e-3)
+
+
+def test_column_chunks_give_the_same_quantization(monkeypatch):
+    """Large weights are quantized a slice of output columns at a time (bounded temporaries): exactly the same
+    result as one piece, for both grids."""
+    import pocketvlm.export.int4 as int4
+
+    weight = np.random.default_rng(3).standard_normal((96, 70)).astype(np.float32)
+    whole = (int4.quantize_blocks(weight, 32), int4.quantize_blocks_asymmetric(weight, 32))
+    monkeypatch.setattr(int4, "CHUNK_ELEMENTS", 96 * 8)  # 8 columns per slice, the last one shorter
+    chunked = (int4.quantize_blocks(weight, 32), int4.quantize_blocks_asymmetric(weight, 32))
+    for one, other in zip(whole, chunked, strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(one, other, strict=True))
+
+
+def test_streamed_quantization_equals_in_memory(tmp_path):
+    """A graph whose weights are external data (as every fp32 export is) is quantized reading one weight at a time
+    from disk: same bundle content as quantizing the graph held in memory, and the graph runs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pocketvlm.export.int4 import tensor_array
+    from pocketvlm.export.quantize import quantize_file
+
+    rng = np.random.default_rng(4)
+    weights = [rng.standard_normal(shape).astype(np.float32) for shape in ((64, 96), (96, 32), (32, 64))]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < 2 else "y"])
+             for i in range(3)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 18)])
+    inline, external = tmp_path / "inline" / "m.onnx", tmp_path / "external" / "m.onnx"
+    for path in (inline, external):
+        path.parent.mkdir()
+    onnx.save(model, str(inline))
+    onnx.save(model, str(external), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    lazy = onnx.load(str(external), load_external_data=False)
+    assert all(np.array_equal(tensor_array(init, external.parent), w)
+               for init, w in zip(lazy.graph.initializer, weights, strict=True))
+    spec = QuantSpec(method="int4")
+    quantize_file(inline, tmp_path / "a.onnx", spec)
+    quantize_file(external, tmp_path / "b.onnx", spec)
+    a, b = onnx.load(str(tmp_path / "a.onnx")), onnx.load(str(tmp_path / "b.onnx"))
+    assert [(i.name, i.raw_data) for i in a.graph.initializer] == [(i.name, i.raw_data) for i in b.graph.initializer]
+    assert sum(n.op_type == "MatMulNBits" for n in b.graph.node) == 3
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = x @ weights[0] @ weights[1] @ weights[2]
+    assert float(np.dot(got.ravel(), want.ravel()) / np.linalg.norm(got) / np.linalg.norm(want)) > 0.99
