@@ -148,8 +148,13 @@ ENGINE_NAMES = {"pocketvlm": "pocketvlm int4 (ONNX Runtime)", "genai": "onnxrunt
                 "torch": "PyTorch eager fp32"}
 
 
+def engine_name(name: str) -> str:
+    base, _, options = name.partition(":")
+    return ENGINE_NAMES.get(base, base) + (f" ({options})" if options else "")
+
+
 def peer_groups(peers: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, float]]]]:
-    return [(f"{ENGINE_NAMES.get(name, name)}", [("measured decode", e["decode_tokens_per_s"]),
+    return [(engine_name(name), [("measured decode", e["decode_tokens_per_s"]),
                                                  ("roofline (bandwidth / bytes per token)",
                                                   e["roofline_tokens_per_s"])])
             for r in peers for name, e in r["engines"].items()]
@@ -158,7 +163,8 @@ def peer_groups(peers: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, 
 def extra_markdown(peers: list[dict[str, Any]], exports: list[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     for r in peers:
-        bandwidth = max(r["bandwidth"]["copy_gbs"], r["bandwidth"]["add_gbs"])
+        bandwidth = max(b[key] for b in (r["bandwidth"], r.get("bandwidth_after", r["bandwidth"]))
+                        for key in ("copy_gbs", "add_gbs"))
         lines += [f"## Decode peers, one run: {r['checkpoint']} ({r['prompt_tokens']} prompt + {r['new_tokens']} "
                   f"new tokens, {r['threads']} threads, bandwidth {bandwidth:.1f} GB/s)", "",
                   "| engine | decode tok/s | vs onnxruntime-genai | first token ms | GB read/token | roofline tok/s "
@@ -166,7 +172,7 @@ def extra_markdown(peers: list[dict[str, Any]], exports: list[dict[str, Any]]) -
         genai = r["engines"].get("genai", {}).get("decode_tokens_per_s")
         for name, e in r["engines"].items():
             versus = f"{e['decode_tokens_per_s'] / genai:.2f}x" if genai else "-"
-            lines.append(f"| {ENGINE_NAMES.get(name, name)} | {e['decode_tokens_per_s']:.2f} | {versus} | "
+            lines.append(f"| {engine_name(name)} | {e['decode_tokens_per_s']:.2f} | {versus} | "
                          f"{e['first_token_ms']:.0f} | {sum(e['bytes_per_token'].values()) / 1e9:.3f} | "
                          f"{e['roofline_tokens_per_s']:.1f} | {e['fraction_of_roofline'] * 100:.0f}% |")
         lines += ["", "![decode peers](decode_peers.png)", "", f"Result file: {r['_file']}", ""]

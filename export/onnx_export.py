@@ -73,12 +73,16 @@ def _optimize(model: Any) -> None:
     dropped, so export peak memory stays near the torch model's own size."""
     import onnxscript.optimizer
     import onnxscript.rewriter.onnx_fusions
+    from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
 
     def should_fold(node: Any) -> bool | None:
         return False if _large_weight_transpose(node) else None
 
     onnxscript.optimizer.optimize_ir(model, should_fold=should_fold)
     onnxscript.rewriter.onnx_fusions.fuse(model)
+    # RMSNorm as one ONNX Runtime kernel (ORT fuses it further with the residual Add into SkipSimplifiedLayerNorm at
+    # load): measured on the Qwen2-VL-2B int4 decoder here, 57 norms of 7 nodes each, decode 20.8 -> 22.3 tok/s
+    fuse_rms_normalization(model)
     _fold_weight_transposes_lazily(model.graph)
     onnxscript.optimizer.remove_unused_nodes(model)
 

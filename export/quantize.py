@@ -160,6 +160,10 @@ class QuantConfig:
                                     f"use component names of this family: {', '.join(names)}")
 
 
+# ORT's quantizer types every tensor by shape inference, which cannot see through ORT's own fused ops (e.g. the
+# SimplifiedLayerNormalization the exporter fuses RMSNorm into): their outputs are float32 in every graph here
+FLOAT = 1  # onnx.TensorProto.FLOAT
+
 PROTOBUF_LIMIT = 1_900_000_000  # protobuf refuses messages over 2 GiB; keep a margin
 
 
@@ -253,7 +257,7 @@ def _quantize(model: Any, dst: Path, spec: QuantSpec, hessians: dict[str, Any] |
 
         # 8-bit embedding tables (Gather) on top of the weight-only MatMuls
         quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
-                         per_channel=True)
+                         per_channel=True, extra_options={"DefaultTensorType": FLOAT})
     else:
         save_onnx(model, dst)
 
@@ -272,4 +276,4 @@ def _int8_dynamic(model: Any, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"],
-                     per_channel=True, extra_options={"MatMulConstBOnly": True})
+                     per_channel=True, extra_options={"MatMulConstBOnly": True, "DefaultTensorType": FLOAT})
