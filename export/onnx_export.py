@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from pocketvlm.export.registry import ComponentDef
+from pocketvlm.export.rewrites import grouped_attention
 from pocketvlm.runtime.errors import ExportError
 
 OPSET = 18  # ORT mobile / web builds support it; nothing our graphs need is newer
@@ -141,8 +142,10 @@ def export_component(model: Any, component: ComponentDef, path: Path) -> None:
     if list(inputs) != [t.name for t in in_defs]:
         raise ExportError(f"{component.name}: example inputs {list(inputs)} differ from the signature",
                           "fix the family module")
+    # decoders: grouped-query attention without repeat_kv's copies of the KV cache (same math; see rewrites)
+    attention = grouped_attention(model) if component.name == "text_decoder" else contextlib.nullcontext()
     try:
-        with _quiet(), torch.no_grad():
+        with _quiet(), torch.no_grad(), attention:
             program = torch.onnx.export(
                 module,
                 args=tuple(inputs.values()),
