@@ -5,6 +5,7 @@ real checkpoint (which cannot be downloaded here). The checkpoint is built in on
 another (`pocketvlm export`), which reports its own peak RSS (getrusage of itself, so the build does not count).
 
     python benchmarks/full_size_export.py --model qwen2_vl_2b --quant int4 --block-size 128 --work /tmp/pocketvlm-full
+    python benchmarks/full_size_export.py --model qwen2_vl_2b --quant int4 --target tflite   # LiteRT bundle
 """
 
 from __future__ import annotations
@@ -70,10 +71,13 @@ def main() -> None:
     parser.add_argument("--quant", default="int4")
     parser.add_argument("--block-size", type=int, default=None,
                         help="MatMulNBits block size (default: the quantizer's, 32); 128 is the usual GPTQ/AWQ group")
+    parser.add_argument("--target", choices=("onnx", "tflite"), default="onnx")
+    parser.add_argument("--shapes", type=Path, default=None, help="tflite: static shapes JSON (see export --shapes)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/pocketvlm-full"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    checkpoint, bundle = args.work / f"{args.model}-ckpt", args.work / f"{args.model}-{args.quant}"
+    target = "" if args.target == "onnx" else f"-{args.target}"
+    checkpoint, bundle = args.work / f"{args.model}-ckpt", args.work / f"{args.model}{target}-{args.quant}"
     args.work.mkdir(parents=True, exist_ok=True)
     spec = dict(REAL_CONFIGS[args.model])
     if not (checkpoint / "config.json").is_file():
@@ -88,7 +92,9 @@ def main() -> None:
     print(f"exporting to {bundle} ({quant})", flush=True)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", EXPORT, "export", "--model", str(checkpoint), "--out", str(bundle),
-                           "--quant", quant, "--progress"], check=True, stdout=subprocess.PIPE, text=True)
+                           "--quant", quant, "--progress", "--target", args.target,
+                           *(["--shapes", str(args.shapes)] if args.shapes else [])],
+                          check=True, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - started
     print(done.stdout, end="")
     peak_kb = int(done.stdout.split("PEAK_RSS_KB")[-1].split()[0])
@@ -96,20 +102,21 @@ def main() -> None:
     bundle_bytes = sum(f["bytes"] for f in manifest["files"])
     parameters = weight_bytes // 4  # the checkpoint is float32
     result = {
-        "model": args.model, "quant": args.quant, "block_size": args.block_size or 32,
+        "model": args.model, "target": args.target, "quant": args.quant, "block_size": args.block_size or 32,
         "parameters": parameters, "fp32_parameter_bytes": weight_bytes,
         "export_wall_s": round(wall, 1), "export_peak_rss_bytes": peak_kb * 1024,
         "peak_rss_vs_fp32_bytes": round(peak_kb * 1024 / weight_bytes, 3),
         "load_1min_at_end": os.getloadavg()[0],
         "bundle_bytes": bundle_bytes, "bundle_bytes_per_parameter": round(bundle_bytes / parameters, 4),
-        "components": {name: {"bytes": c["bytes"], "quantization": c["quantization"]}
+        "components": {name: {"bytes": c["bytes"], "quantization": c["quantization"],
+                              **({"static": c["static"]} if "static" in c else {})}
                        for name, c in manifest["components"].items()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "tools": manifest["source"]["tools"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = f"_b{args.block_size}" if args.block_size else ""
-    path = args.out / f"full_size_export_{args.model}_{args.quant}{suffix}.json"
+    path = args.out / f"full_size_export_{args.model}{target.replace('-', '_')}_{args.quant}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

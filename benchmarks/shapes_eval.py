@@ -2,7 +2,10 @@
 fp32 and as fp32 / int8 / int4 ONNX bundles. Bundles come from (and are shared with) the ``pocketvlm demo`` cache.
 
     python benchmarks/shapes_eval.py [--limit N] [--cache DIR] [--rows pytorch,fp32,int8,int4] [--threads T]
-                                     [--out benchmarks/results/shapes_eval.json]
+                                     [--target onnx|tflite] [--out benchmarks/results/shapes_eval.json]
+
+``--target tflite`` evaluates LiteRT bundles (fp32 / int8 / int4 with ai-edge-quantizer's recipes; no GPTQ there),
+exported next to the demo's ONNX bundles in the cache and run through the runtime's LiteRT session.
 
 ``--rows`` and ``--threads`` let two processes split the work on a 2-core machine (e.g. PyTorch on one core, the
 bundles on the other), each writing its own file.
@@ -44,12 +47,37 @@ def manifest_sha(bundle: Path) -> str:
     return hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
 
 
+def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -> dict[str, Path]:
+    """LiteRT bundles of ``checkpoint`` (fp32 / int8 / int4), exported together when any is missing or stale."""
+    from pocketvlm.export.checkpoint import read_checkpoint
+    from pocketvlm.export.pipeline import export_bundles
+    from pocketvlm.export.quantize import QuantConfig
+    from pocketvlm.runtime.errors import BundleError
+    from pocketvlm.runtime.manifest import load_bundle
+
+    source = read_checkpoint(checkpoint)
+    plan = {q: cache / "bundles" / f"{name}-tflite-{q}" for q in ("fp32", "int8", "int4") if q in wanted}
+    stale = []
+    for quant, out in plan.items():
+        try:
+            if load_bundle(out).manifest["source"]["weights_sha256"] == source.weights_sha256():
+                continue
+        except BundleError:
+            pass
+        stale.append(quant)
+    if stale:
+        say(f"exporting {name} LiteRT bundles: {', '.join(stale)}")
+        export_bundles(checkpoint, [(plan[q], QuantConfig.parse(q)) for q in stale], target="tflite", progress=say)
+    return plan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 1,000)")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--models", default="shapes-clip,shapes-captioner")
     parser.add_argument("--rows", default="pytorch,fp32,int8,int4", help="which rows to evaluate")
+    parser.add_argument("--target", choices=("onnx", "tflite"), default="onnx")
     parser.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (0: all cores)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "shapes_eval.json")
     args = parser.parse_args()
@@ -66,7 +94,8 @@ def main() -> None:
                "models": {}}
     for name in args.models.split(","):
         checkpoint = model_checkpoint(cache, name, say)
-        bundles, _ = model_bundles(checkpoint, cache, name, say)
+        bundles = (model_bundles(checkpoint, cache, name, say)[0] if args.target == "onnx"
+                   else tflite_bundles(checkpoint, cache, name, wanted))
         rows = {}
         started = time.perf_counter()
         bundles = {quant: bundle for quant, bundle in bundles.items() if quant in wanted}
@@ -76,7 +105,8 @@ def main() -> None:
                 rows["pytorch-fp32"] = evaluate_classifier(
                     TorchClassifier(model, tokenizer, shapes_clip.image_processor()), samples)
             for quant, bundle in bundles.items():
-                rows[f"onnx-{quant}"] = {**evaluate_classifier(BundleClassifier(bundle, args.threads), samples),
+                rows[f"{args.target}-{quant}"] = {**evaluate_classifier(BundleClassifier(bundle, args.threads),
+                                                                        samples),
                                          "manifest_sha256": manifest_sha(bundle)}
         else:
             if "pytorch" in wanted:
@@ -85,8 +115,8 @@ def main() -> None:
                 del model
             for quant, bundle in bundles.items():
                 say(f"{name} {quant}")
-                rows[f"onnx-{quant}"] = {**evaluate_captioner(BundleCaptioner(bundle, args.threads), samples, say,
-                                                              examples=10),
+                rows[f"{args.target}-{quant}"] = {**evaluate_captioner(BundleCaptioner(bundle, args.threads),
+                                                                       samples, say, examples=10),
                                          "manifest_sha256": manifest_sha(bundle),
                                          "quantization": json.loads((bundle / "manifest.json").read_text())[
                                              "quantization"]}

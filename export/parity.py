@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pocketvlm.export.checkpoint import read_checkpoint
+from pocketvlm.export.delegates import delegate_section, format_coverage
 from pocketvlm.export.families.loading import image_processor
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.photos import PHOTO_LABELS, load_photos
@@ -125,6 +126,7 @@ def _dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: 
         "zero_shot": {"top1_agreement": agreement, "reference_top1": [labels[i] for i in ref_top1],
                       "bundle_top1": [labels[i] for i in end_to_end]},
         "bundle_bytes": runner.bundle.total_bytes,
+        **delegate_section(runner.bundle),
         "pass": all(r["pass"] for r in rows.values()) and ids_equal
         and preprocessing["pixel_values_max_abs"] <= 1e-5,
     }
@@ -142,4 +144,6 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f"zero-shot top-1 agreement: {report['zero_shot']['top1_agreement'] * 100:.1f}% "
                  f"over {len(report['photos'])} photos x {len(report['labels'])} labels")
     lines.append(f"bundle size: {report['bundle_bytes'] / 1e6:.2f} MB; overall: {'PASS' if report['pass'] else 'FAIL'}")
+    if "delegates" in report:
+        lines.append(format_coverage(report["delegates"]))
     return "\n".join(lines)

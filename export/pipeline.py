@@ -22,12 +22,22 @@ from pocketvlm.export.checkpoint import Checkpoint, read_checkpoint
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.quantize import QuantConfig, external_data_path, quantize_file
 from pocketvlm.export.registry import ComponentDef, FamilySpec, family_for_model_type
+from pocketvlm.export.tflite_export import (
+    StaticShapes,
+    check_tflite_spec,
+    component_record,
+    convert_component,
+    prepare_metadata,
+    quantize_tflite,
+    static_examples,
+)
 from pocketvlm.runtime.errors import ExportError, ModelDirError, QuantizationError
 from pocketvlm.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 
-TARGETS = ("onnx",)
+TARGETS = ("onnx", "tflite")
 PENDING_MANIFEST = MANIFEST_NAME + ".partial"  # renamed to manifest.json only after the directory is in place
-TOOLS = ("pocketvlm", "torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy")
+TOOLS = ("pocketvlm", "torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy", "litert-torch",
+         "ai-edge-quantizer", "ai-edge-litert")
 
 Progress = Callable[[str], None]
 Calibration = Mapping[str, Sequence[dict[str, Any]]]  # component name -> input feeds of its ONNX graph
@@ -133,18 +143,19 @@ def _remove_stale_staging(out_dir: Path) -> None:
 
 def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onnx",
                   quant: QuantConfig | None = None, progress: Progress | None = None,
-                  split_vision: bool = False) -> Path:
+                  split_vision: bool = False, shapes: StaticShapes | None = None) -> Path:
     """Export a checkpoint directory to a verified-on-load bundle. Returns the bundle directory."""
-    return export_bundles(model_dir, [(out_dir, quant or QuantConfig())], target, progress, split_vision)[0]
+    return export_bundles(model_dir, [(out_dir, quant or QuantConfig())], target, progress, split_vision,
+                          shapes=shapes)[0]
 
 
 def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantConfig]], target: str = "onnx",
                    progress: Progress | None = None, split_vision: bool = False,
-                   calibration: Calibration | None = None) -> list[Path]:
+                   calibration: Calibration | None = None, shapes: StaticShapes | None = None) -> list[Path]:
     """Export one checkpoint to several bundles (e.g. fp32, int8 and int4) from one load and one fp32 graph export;
     each bundle is published atomically on its own. ``calibration`` maps a component name to the input feeds its
     ONNX graph sees in use (e.g. recorded from an fp32 bundle with ``gptq.FeedRecorder``); components quantized with
-    GPTQ need it."""
+    GPTQ need it. ``shapes`` sets the static shapes of a ``tflite`` bundle (see ``tflite_export.StaticShapes``)."""
     model_dir = Path(model_dir)
     plan = [(Path(out), quant) for out, quant in outputs]
     say = progress or (lambda message: None)
@@ -153,9 +164,14 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
                           f"use --target {' or '.join(TARGETS)}")
     if not plan or len({out.resolve() for out, _ in plan}) != len(plan):
         raise ExportError("each bundle needs its own output directory", "give every quantization its own --out")
+    if target == "tflite" and split_vision:
+        raise ExportError("--split-vision is available for --target onnx only", "drop --split-vision for tflite")
     checkpoint = read_checkpoint(model_dir)
     family = family_for_model_type(checkpoint.model_type)
     components = family.export_components(split_vision)
+    for _, quant in plan:
+        for comp in components if target == "tflite" else ():
+            check_tflite_spec(quant.for_component(comp.name), comp.name)
     for out_dir, quant in plan:
         quant.check_components(tuple(c.name for c in components))
         _check_destination(out_dir, model_dir)
@@ -171,8 +187,12 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
             stagings.append(out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}"))
             stagings[-1].mkdir()
         with quiet_transformers():
-            manifests = _export_into(checkpoint, family, components, stagings, [q for _, q in plan], say, target,
-                                     calibration or {})
+            if target == "tflite":
+                manifests = _export_tflite(checkpoint, family, components, stagings, [q for _, q in plan], say,
+                                           shapes or StaticShapes())
+            else:
+                manifests = _export_into(checkpoint, family, components, stagings, [q for _, q in plan], say,
+                                         target, calibration or {})
         for staging, manifest in zip(stagings, manifests, strict=True):
             (staging / PENDING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for staging, (out_dir, _) in zip(stagings, plan, strict=True):
@@ -193,21 +213,68 @@ def _load(family: FamilySpec, checkpoint: Checkpoint) -> Any:
                             "check that the weight files are complete and match config.json") from exc
 
 
-def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
-                 stagings: list[Path], quants: list[QuantConfig], say: Progress, target: str,
-                 calibration: Calibration) -> list[dict[str, Any]]:
-    from pocketvlm.export.onnx_export import export_component
-
-    started = time.perf_counter()
-    calibrated = set().union(*(q.gptq_components(tuple(c.name for c in components)) for q in quants))
-    steps = 2 + len(components) * (1 + len(stagings)) + len(calibrated)  # + one Hessian pass per GPTQ component
-    step = 0
+def _ticker(say: Progress, steps: int) -> Progress:
+    """Numbered progress lines with elapsed time and peak memory."""
+    started, step = time.perf_counter(), 0
 
     def tick(message: str) -> None:
         nonlocal step
         step += 1
         elapsed = time.perf_counter() - started
         say(f"[{step}/{steps}] {message} ({elapsed:.1f}s, peak RSS so far {peak_rss_gb():.1f} GB)")
+
+    return tick
+
+
+def _export_tflite(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
+                   stagings: list[Path], quants: list[QuantConfig], say: Progress,
+                   shapes: StaticShapes) -> list[dict[str, Any]]:
+    """One fp32 ``.tflite`` per component (litert-torch), then ai-edge-quantizer per bundle."""
+    tick = _ticker(say, 2 + len(components) * (1 + len(stagings)))
+    tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
+    model = _load(family, checkpoint)
+    tick("writing tokenizer and preprocessing constants")
+    config = model.config
+    vision = getattr(config, "vision_config", None)
+    multiple = getattr(vision, "patch_size", 0) * getattr(vision, "spatial_merge_size", 0) or None
+    extras = [family.bundle_metadata(model, checkpoint.path, staging) for staging in stagings]
+    for extra in extras:
+        prepare_metadata(extra, shapes, multiple)
+    scratch = stagings[0].with_name(stagings[0].name + "-fp32")
+    scratch.mkdir()
+    try:
+        examples = {}
+        for comp in components:
+            tick(f"converting {comp.name} to LiteRT (fp32)")
+            examples[comp.name] = static_examples(comp, config, extras[0], shapes)
+            convert_component(model, comp, scratch / f"{comp.name}.tflite", examples[comp.name])
+        del model
+        gc.collect()
+        manifests = []
+        image_token = (extras[0].get("special_tokens") or {}).get("image_token_id")
+        for staging, quant, extra in zip(stagings, quants, extras, strict=True):
+            records = {}
+            for comp in components:
+                spec = quant.for_component(comp.name)
+                tick(f"quantizing {comp.name} ({spec.method}) into {staging.name.split('.partial-')[0][1:]}")
+                final = staging / f"{comp.name}.tflite"
+                quantize_tflite(scratch / f"{comp.name}.tflite", final, spec, comp.name)
+                records[comp.name] = component_record(comp, config, final, spec, examples[comp.name], shapes,
+                                                      image_token)
+            manifests.append(_manifest(checkpoint, family, quant, "tflite", config, extra, records, staging))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return manifests
+
+
+def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
+                 stagings: list[Path], quants: list[QuantConfig], say: Progress, target: str,
+                 calibration: Calibration) -> list[dict[str, Any]]:
+    from pocketvlm.export.onnx_export import export_component
+
+    calibrated = set().union(*(q.gptq_components(tuple(c.name for c in components)) for q in quants))
+    # + one Hessian pass per GPTQ component
+    tick = _ticker(say, 2 + len(components) * (1 + len(stagings)) + len(calibrated))
 
     tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
     model = _load(family, checkpoint)

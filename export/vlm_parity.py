@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pocketvlm.export.checkpoint import read_checkpoint
+from pocketvlm.export.delegates import delegate_section, format_coverage
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.parity import Comparison
 from pocketvlm.export.photos import load_photos
@@ -82,7 +83,8 @@ def _vlm_parity(bundle_dir: Path, model_dir: Path, photos: dict[str, Any] | None
             "teacher_forced_top1_agreement": float(np.mean(got_logits.argmax(-1) == ref_logits.argmax(-1))),
         })
     return {"bundle": str(bundle_dir), "model": str(model_dir), "family": family.name, "quantization": method,
-            "prompt": prompt, "steps": steps, "photos": rows, "bundle_bytes": runner.bundle.total_bytes}
+            "prompt": prompt, "steps": steps, "photos": rows, "bundle_bytes": runner.bundle.total_bytes,
+            **delegate_section(runner.bundle)}
 
 
 def format_vlm_table(report: dict[str, Any]) -> str:
@@ -96,4 +98,6 @@ def format_vlm_table(report: dict[str, Any]) -> str:
                      f"{row['logits']['cosine_min']:>15.5f}{row['teacher_forced_top1_agreement'] * 100:>8.1f}%"
                      f"{row['greedy']['agreement'] * 100:>8.1f}%{'-' if divergence is None else divergence:>13}")
     lines.append(f"bundle size: {report['bundle_bytes'] / 1e6:.2f} MB; {report['steps']} steps per photo")
+    if "delegates" in report:
+        lines.append(format_coverage(report["delegates"]))
     return "\n".join(lines)

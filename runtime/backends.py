@@ -1,4 +1,4 @@
-"""Backend sessions: one small protocol that ONNX Runtime (and later LiteRT, Core ML, torch) implement.
+"""Backend sessions: one small protocol that ONNX Runtime and LiteRT (and later Core ML, torch) implement.
 
 Pre- and post-processing live in the runtime once and run over any ``Session``; a backend only maps named numpy
 inputs to named numpy outputs.
@@ -53,5 +53,9 @@ def open_session(bundle: Bundle, component: str, providers: list[str] | None = N
     spec = bundle.component(component)
     if spec.format == "onnx":
         return OrtSession(bundle.file(spec.file), providers=providers, threads=threads)
+    if spec.format == "tflite":
+        from pocketvlm.runtime.litert import LiteRTSession
+
+        return LiteRTSession(bundle.file(spec.file), bundle.manifest["components"][component], threads=threads)
     raise BundleError(f"component '{component}' has format '{spec.format}', which this runtime cannot run",
-                      "export with --target onnx, or install the runtime for that target")
+                      "export with --target onnx or tflite")

@@ -56,7 +56,11 @@ def vision_position_ids(rows: int, cols: int, merge: int) -> np.ndarray:
 def preprocess(image: Image.Image, config: dict[str, Any]) -> QwenImage:
     patch, merge, temporal = config["patch_size"], config["merge_size"], config["temporal_patch_size"]
     rgb = to_rgb(image)
-    height, width = smart_resize(rgb.height, rgb.width, patch * merge, config["min_pixels"], config["max_pixels"])
+    if config.get("fixed_size"):  # static-shape targets (LiteRT): every image to one grid, aspect ratio not kept
+        height, width = config["fixed_size"]
+    else:
+        height, width = smart_resize(rgb.height, rgb.width, patch * merge, config["min_pixels"],
+                                     config["max_pixels"])
     array = np.asarray(rgb.resize((width, height), resample=RESAMPLE[config["resample"]]))
     chw = rescale_normalize(array, config["rescale_factor"], config["mean"], config["std"]).transpose(2, 0, 1)
     rows, cols = height // patch, width // patch

@@ -15,7 +15,7 @@ import torch
 from pocketvlm.export.families import qwen2_vl, vlm_common
 from pocketvlm.export.families.loading import hf_loaders
 from pocketvlm.export.registry import ComponentDef, TensorDef
-from pocketvlm.export.rewrites import swapped
+from pocketvlm.export.rewrites import swapped, swapped_attribute
 
 
 class VisionEncoder(torch.nn.Module):
@@ -36,10 +36,20 @@ class VisionEncoder(torch.nn.Module):
         with contextlib.ExitStack() as stack:
             for block, attention in zip(self.visual.blocks, self.attention):
                 stack.enter_context(swapped(block, "attn", attention))
+            # HF undoes the window order with argsort(window_index); a sort does not lower to LiteRT (its comparator
+            # takes 32-bit keys only), and inverting a permutation needs no sort
+            stack.enter_context(swapped_attribute(torch, "argsort", inverse_permutation))
             out = self.visual(pixel_values, grid_thw=None, position_ids=vision_position_ids, cu_seqlens=dummy,
                               max_seqlen=patches, window_index=window_index, cu_window_seqlens=dummy,
                               max_window_seqlen=patches, window_ids=window_ids)
         return out.pooler_output
+
+
+def inverse_permutation(permutation: torch.Tensor) -> torch.Tensor:
+    """``argsort`` of a permutation, by matching each position to its slot (no sort; O(n^2) compares over image
+    tokens, which stay in the thousands)."""
+    slots = torch.arange(permutation.shape[0], dtype=permutation.dtype)
+    return (permutation[None, :] == slots[:, None]).to(torch.int32).argmax(dim=-1)
 
 
 def vision_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]:

@@ -1,0 +1,153 @@
+"""LiteRT (TFLite) backend session: the runtime's dynamic-shape contract over static-shape signatures.
+
+A ``.tflite`` component has fixed shapes (phone delegates want them), while the runtime speaks in the same named,
+dynamic tensors for every backend. This adapter closes the gap without changing the runtime's generation loop:
+
+- encoders: a component exported for batch 1 runs once per row of a larger batch (``loop`` axis 0), outputs
+  concatenated; any other shape mismatch is an ``InputError`` naming the input and the bundle's shape.
+- ``text_decoder``: two signatures, ``prefill_N`` and ``decode``, over a fixed KV capacity ``C``. The runtime's
+  buffers (any capacity up to ``C``) are copied into ``C``-slot buffers; a prompt is run in chunks of ``N`` tokens,
+  each chunk padded on the left with masked tokens (so the last position, whose logits are returned, is real); the
+  image rows each chunk needs are sliced from ``image_embeds`` by counting image tokens. Only the real tokens' new
+  KV entries are returned, exactly as the ONNX graph returns them.
+
+Needs only numpy and ``ai-edge-litert`` (XNNPACK on CPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pocketvlm.runtime.errors import BundleError, InputError
+
+PREFILL_PREFIX = "prefill_"
+DECODE = "decode"
+
+
+class _Runner:
+    """One signature: its static input shapes and dtypes, and a call that casts feeds to them."""
+
+    def __init__(self, interpreter: Any, name: str) -> None:
+        self.name = name
+        self._runner = interpreter.get_signature_runner(name)
+        self.inputs = {key: (tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"]))
+                       for key, detail in self._runner.get_input_details().items()}
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cast = {}
+        for key, (shape, dtype) in self.inputs.items():
+            value = np.asarray(feeds[key])
+            if value.shape != shape:
+                raise InputError(f"input '{key}' has shape {list(value.shape)}, but signature '{self.name}' of this "
+                                 f"LiteRT bundle is fixed at {list(shape)}",
+                                 "re-export with --target tflite and static shapes that cover this input")
+            cast[key] = np.ascontiguousarray(value, dtype=dtype)
+        outputs = self._runner(**cast)
+        return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in outputs.items()}
+
+
+class LiteRTSession:
+    """A LiteRT interpreter over one bundle component (see the module docstring for the shape adapter)."""
+
+    def __init__(self, path: Path, component: dict[str, Any], threads: int = 0) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as exc:
+            raise BundleError("this bundle's components are .tflite files and ai-edge-litert is not installed",
+                              'pip install "pocketvlm[tflite]"') from exc
+        try:
+            self._interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
+        except (RuntimeError, ValueError) as exc:
+            raise BundleError(f"LiteRT cannot load {path.name}: {str(exc).splitlines()[0]}",
+                              "re-export the bundle, or install the ai-edge-litert version in its manifest") from exc
+        self.input_names = tuple(t["name"] for t in component["inputs"])
+        self.output_names = tuple(t["name"] for t in component["outputs"])
+        self.static = dict(component["static"])
+        self.runners = {name: _Runner(self._interpreter, name) for name in self._interpreter.get_signature_list()}
+        self.providers = ("LiteRT XNNPACK (CPU)",)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if DECODE in self.runners:
+            return self._run_decoder(feeds)
+        (runner,) = self.runners.values()
+        loop = self.static.get("loop_inputs") or []
+        if not loop or all(np.shape(feeds[k]) == runner.inputs[k][0] for k in runner.inputs):
+            return runner(feeds)
+        rows = {np.shape(feeds[k])[0] for k in loop}
+        if len(rows) != 1:
+            raise InputError(f"inputs {loop} disagree on their first dimension: {sorted(rows)}",
+                             "pass the same number of rows for each")
+        parts = [runner({k: (v[i : i + 1] if k in loop else v) for k, v in feeds.items()}) for i in range(rows.pop())]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in self.output_names}
+
+    # -- text_decoder --------------------------------------------------------------------------------------------------
+    def _run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        capacity, image_token = int(self.static["kv_capacity"]), int(self.static["image_token_id"])
+        prefill = next(r for name, r in self.runners.items() if name.startswith(PREFILL_PREFIX))
+        chunk = prefill.inputs["input_ids"][0][1]
+        ids = np.asarray(feeds["input_ids"])
+        past_names = [n for n in self.input_names if n.startswith("past_")]
+        given = np.shape(feeds[past_names[0]])[2]
+        new = ids.shape[1]
+        if ids.shape[0] != 1:
+            raise InputError(f"LiteRT decoders run one sequence at a time, got a batch of {ids.shape[0]}",
+                             "generate one prompt per call")
+        filled_mask = np.asarray(feeds["attention_mask"])[:, :given]
+        if int(filled_mask.sum()) + new > capacity:
+            raise InputError(f"{int(filled_mask.sum())} cached + {new} new tokens exceed this LiteRT bundle's KV "
+                             f"capacity of {capacity}", "shorten the prompt or re-export with a larger kv_capacity")
+        past = {}
+        for name in past_names:
+            value = np.asarray(feeds[name])[:, :, : min(given, capacity)]
+            buffer = np.zeros((*value.shape[:2], capacity, value.shape[3]), np.float32)
+            buffer[:, :, : value.shape[2]] = value
+            past[name] = buffer
+        mask = np.zeros((1, capacity), np.int64)
+        mask[:, : min(given, capacity)] = filled_mask[:, :capacity]
+        # the runtime fills its buffer from slot 0 (its mask is 1..1 0..0): new entries go to the next free slots
+        filled = int(mask.sum())
+        rows = np.asarray(feeds["image_embeds"])
+        deep = feeds.get("deepstack_embeds")
+        used, logits, presents = 0, None, {n.replace("past_", "present_"): [] for n in past_names}
+        for start in range(0, new, chunk):
+            part = ids[:, start : start + chunk]
+            runner = self.runners[DECODE] if part.shape[1] == 1 else prefill
+            size = runner.inputs["input_ids"][0][1]
+            pad = size - part.shape[1]
+            images = int((part == image_token).sum())
+            step = {"input_ids": np.concatenate([np.full((1, pad), 0 if image_token else 1, ids.dtype), part], 1),
+                    "position_ids": self._pad_positions(np.asarray(feeds["position_ids"])[..., start : start + size
+                                                                                             - pad], pad),
+                    "attention_mask": np.concatenate([mask, np.zeros((1, pad), np.int64),
+                                                      np.ones((1, size - pad), np.int64)], 1),
+                    "image_embeds": _rows(rows, used, size, axis=0), **past}
+            if deep is not None:
+                step["deepstack_embeds"] = _rows(np.asarray(deep), used, size, axis=1)
+            used += images
+            out = runner(step)
+            logits = out["logits"]
+            real = size - pad
+            for name in past_names:
+                entries = out[name.replace("past_", "present_")][:, :, pad:]
+                past[name][:, :, filled : filled + real] = entries
+                presents[name.replace("past_", "present_")].append(entries)
+            mask[:, filled : filled + real] = 1
+            filled += real
+        return {"logits": logits, **{k: np.concatenate(v, axis=2) for k, v in presents.items()}}
+
+    @staticmethod
+    def _pad_positions(positions: np.ndarray, pad: int) -> np.ndarray:
+        if not pad:
+            return positions
+        first = positions[..., :1]
+        return np.concatenate([np.broadcast_to(first, (*positions.shape[:-1], pad)), positions], axis=-1)
+
+
+def _rows(rows: np.ndarray, start: int, size: int, axis: int) -> np.ndarray:
+    """``size`` rows along ``axis`` from ``start`` (the chunk's image rows, in order), padded by repeating the last
+    row; the graph only reads rows at image-token positions."""
+    taken = np.take(rows, np.arange(start, start + size).clip(max=rows.shape[axis] - 1), axis=axis)
+    return np.ascontiguousarray(taken, dtype=np.float32)
