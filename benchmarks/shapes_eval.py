@@ -37,6 +37,7 @@ from pocketvlm.export.shapes.evaluate import (
     evaluate_captioner,
     evaluate_classifier,
 )
+from pocketvlm.export.tflite_export import SignatureFeedRecorder, StaticShapes
 
 
 def say(message: str) -> None:
@@ -47,28 +48,44 @@ def manifest_sha(bundle: Path) -> str:
     return hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
 
 
+# the shapes prompts are under 128 tokens with the image: a 256-slot KV cache keeps GPTQ calibration feeds small
+SHAPES = StaticShapes(prefill_length=128, kv_capacity=256)
+
+
 def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -> dict[str, Path]:
     """LiteRT bundles of ``checkpoint`` (fp32 / int8 / int4), exported together when any is missing or stale."""
     from pocketvlm.export.checkpoint import read_checkpoint
     from pocketvlm.export.pipeline import export_bundles
-    from pocketvlm.export.quantize import QuantConfig
+    from pocketvlm.export.quantize import QuantConfig, QuantSpec
     from pocketvlm.runtime.errors import BundleError
     from pocketvlm.runtime.manifest import load_bundle
 
     source = read_checkpoint(checkpoint)
-    plan = {q: cache / "bundles" / f"{name}-tflite-{q}" for q in ("fp32", "int8", "int4") if q in wanted}
+    plan = {q: cache / "bundles" / f"{name}-tflite-{q}" for q in ("fp32", "int8", "int4") if q in wanted | {"fp32"}}
+    recipes = {q: QuantConfig.parse(q) for q in plan}
+    if name == "shapes-captioner" and "int4" in recipes:  # round-to-nearest int4 breaks the real SmolLM2 decoder
+        recipes["int4"] = QuantConfig(QuantSpec(method="int4", gptq=True))
     stale = []
     for quant, out in plan.items():
         try:
-            if load_bundle(out).manifest["source"]["weights_sha256"] == source.weights_sha256():
+            manifest = load_bundle(out).manifest
+            if (manifest["source"]["weights_sha256"] == source.weights_sha256()
+                    and manifest["quantization"] == recipes[quant].to_json()):
                 continue
         except BundleError:
             pass
         stale.append(quant)
-    if stale:
-        say(f"exporting {name} LiteRT bundles: {', '.join(stale)}")
-        export_bundles(checkpoint, [(plan[q], QuantConfig.parse(q)) for q in stale], target="tflite", progress=say)
-    return plan
+    plain = [q for q in stale if not recipes[q].uses_gptq]
+    if plain:
+        say(f"exporting {name} LiteRT bundles: {', '.join(plain)}")
+        export_bundles(checkpoint, [(plan[q], recipes[q]) for q in plain], target="tflite", progress=say,
+                       shapes=SHAPES)
+    for quant in (q for q in stale if recipes[q].uses_gptq):
+        say(f"recording GPTQ calibration feeds through {plan['fp32'].name}")
+        feeds = captioner.calibration_feeds(plan["fp32"], images=16, recorder=SignatureFeedRecorder)
+        export_bundles(checkpoint, [(plan[quant], recipes[quant])], target="tflite", progress=say, shapes=SHAPES,
+                       calibration=feeds)
+    return {q: out for q, out in plan.items() if q in wanted}
 
 
 def main() -> None:

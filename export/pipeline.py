@@ -189,7 +189,7 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
         with quiet_transformers():
             if target == "tflite":
                 manifests = _export_tflite(checkpoint, family, components, stagings, [q for _, q in plan], say,
-                                           shapes or StaticShapes())
+                                           shapes or StaticShapes(), calibration or {})
             else:
                 manifests = _export_into(checkpoint, family, components, stagings, [q for _, q in plan], say,
                                          target, calibration or {})
@@ -228,8 +228,9 @@ def _ticker(say: Progress, steps: int) -> Progress:
 
 def _export_tflite(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
                    stagings: list[Path], quants: list[QuantConfig], say: Progress,
-                   shapes: StaticShapes) -> list[dict[str, Any]]:
-    """One fp32 ``.tflite`` per component (litert-torch), then ai-edge-quantizer per bundle."""
+                   shapes: StaticShapes, calibration: Calibration) -> list[dict[str, Any]]:
+    """One fp32 ``.tflite`` per component (litert-torch), then ai-edge-quantizer per bundle (``calibration``: per
+    component, signature name -> static feeds, for GPTQ)."""
     tick = _ticker(say, 2 + len(components) * (1 + len(stagings)))
     tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
     model = _load(family, checkpoint)
@@ -258,7 +259,8 @@ def _export_tflite(checkpoint: Checkpoint, family: FamilySpec, components: tuple
                 spec = quant.for_component(comp.name)
                 tick(f"quantizing {comp.name} ({spec.method}) into {staging.name.split('.partial-')[0][1:]}")
                 final = staging / f"{comp.name}.tflite"
-                quantize_tflite(scratch / f"{comp.name}.tflite", final, spec, comp.name)
+                quantize_tflite(scratch / f"{comp.name}.tflite", final, spec, comp.name,
+                                calibration.get(comp.name) if spec.gptq else None)
                 records[comp.name] = component_record(comp, config, final, spec, examples[comp.name], shapes,
                                                       image_token)
             manifests.append(_manifest(checkpoint, family, quant, "tflite", config, extra, records, staging))

@@ -213,7 +213,7 @@ def convert_component(model: Any, component: ComponentDef, path: Path, examples:
 def check_tflite_spec(spec: QuantSpec, component: str) -> None:
     """Settings the ONNX quantizer has and ai-edge-quantizer does not: refuse them by name, never ignore them."""
     defaults = QuantSpec(method=spec.method).resolved(component)
-    for name in ("gptq", "symmetric", "accuracy_level", "int8_weight_only", "first_layer_bits", "last_layer_bits"):
+    for name in ("symmetric", "accuracy_level", "int8_weight_only", "first_layer_bits", "last_layer_bits"):
         if getattr(spec, name) != getattr(defaults, name):
             raise QuantizationError(f"quantization setting '{name}' is ONNX-only; the tflite target cannot apply it",
                                     f"drop '{name}' from the config for --target tflite")
@@ -238,8 +238,10 @@ def tflite_recipe(spec: QuantSpec) -> Any:
         # quantized per call by the kernel, as in its LiteRT-LM recipes), not as weight-only float compute, and with
         # min-max scales only (its MSE search refuses block-wise granularity)
         manager.add_dynamic_config(".*", ops.ALL_SUPPORTED, 8, qtyping.QuantGranularity.CHANNELWISE)
+        algorithm = (algorithm_manager.AlgorithmName.GPTQ if spec.gptq
+                     else algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
         manager.add_dynamic_config(".*", ops.FULLY_CONNECTED, 4,
-                                   qtyping.QuantGranularity[f"BLOCKWISE_{spec.block_size}"])
+                                   qtyping.QuantGranularity[f"BLOCKWISE_{spec.block_size}"], algorithm)
         # the LM head (output "<signature>_logits_output") stays int8: with tied embeddings its weight is the token
         # table, which stays >= 8 bits (4-bit tables measured cosine 0.90-0.96; a zero padding row also gives a
         # zero block scale that XNNPACK refuses)
@@ -247,8 +249,14 @@ def tflite_recipe(spec: QuantSpec) -> Any:
     return manager.get_quantization_recipe()
 
 
-def quantize_tflite(source: Path, target: Path, spec: QuantSpec, component: str) -> None:
+def quantize_tflite(source: Path, target: Path, spec: QuantSpec, component: str,
+                    calibration: dict[str, list[dict[str, np.ndarray]]] | None = None) -> None:
+    """``calibration`` (signature name -> recorded static feeds, see ``SignatureFeedRecorder``) feeds
+    ai-edge-quantizer's GPTQ when ``spec.gptq``."""
     check_tflite_spec(spec, component)
+    if spec.gptq and not calibration:
+        raise QuantizationError(f"GPTQ was asked for {component} but no calibration feeds were given for it",
+                                "record feeds through the fp32 LiteRT bundle (SignatureFeedRecorder)")
     if spec.method == "fp32":
         shutil.copyfile(source, target)
         return
@@ -258,7 +266,8 @@ def quantize_tflite(source: Path, target: Path, spec: QuantSpec, component: str)
         with _quiet():
             engine = quantizer.Quantizer(str(source))
             engine.load_quantization_recipe(tflite_recipe(spec))
-            engine.quantize().export_model(str(target), overwrite=True)
+            result = engine.calibrate(calibration, num_threads=os.cpu_count() or 1) if spec.gptq else None
+            engine.quantize(result).export_model(str(target), overwrite=True)
     except Exception as exc:  # ai-edge-quantizer validates recipes and ops with its own error types
         raise QuantizationError(f"ai-edge-quantizer could not apply {spec.method} to {source.name}: "
                                 f"{str(exc).splitlines()[0][:300]}", "try fp16 or int8 for this component") from exc
@@ -272,10 +281,12 @@ def quant_record(spec: QuantSpec) -> dict[str, Any]:
     if spec.method == "int8":
         return {"method": "int8", "weights": "int8 per-channel symmetric (ai-edge-quantizer dynamic range)",
                 "activations": "int8 dynamic (quantized at run time by the kernel)", "embedding_bits": 8}
-    return {"method": "int4", "weights": f"int4 block-wise symmetric, block {spec.block_size} (FULLY_CONNECTED); "
+    rounding = "GPTQ-calibrated" if spec.gptq else "min-max scales"
+    return {"method": "int4", "weights": f"int4 block-wise symmetric, {rounding}, block {spec.block_size} "
+                                         "(FULLY_CONNECTED); "
                                          "int8 per-channel elsewhere (LM head, embedding tables, convolutions)",
             "activations": "int8 dynamic (quantized at run time by the kernel)", "block_size": spec.block_size,
-            "embedding_bits": 8}
+            "gptq": spec.gptq, "embedding_bits": 8}
 
 
 def component_record(component: ComponentDef, config: Any, path: Path, spec: QuantSpec,
@@ -295,3 +306,32 @@ def component_record(component: ComponentDef, config: Any, path: Path, spec: Qua
     return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "format": "tflite",
             "inputs": [t.to_json() for t in inputs], "outputs": [t.to_json() for t in outputs],
             "quantization": quant_record(spec), "static": static}
+
+
+class SignatureFeedRecorder:
+    """Stands in for a runtime ``LiteRTSession`` and keeps the static feeds of every signature call: run an fp32
+    LiteRT bundle through the runtime on representative inputs with its sessions wrapped, and ``feeds`` (signature
+    name -> feeds) is GPTQ calibration data for ai-edge-quantizer. ``every`` keeps one ``decode`` call in that many
+    (each decode feed carries the whole KV buffer)."""
+
+    def __init__(self, session: Any, every: int = 4) -> None:
+        self.session = session
+        self.input_names, self.output_names = session.input_names, session.output_names
+        self.feeds: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in session.runners}
+        for name, runner in session.runners.items():
+            session.runners[name] = _Recording(runner, self.feeds[name], every if name == "decode" else 1)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.session.run(feeds)
+
+
+class _Recording:
+    def __init__(self, runner: Any, store: list[dict[str, np.ndarray]], every: int) -> None:
+        self.runner, self.store, self.every, self.calls = runner, store, every, 0
+        self.inputs, self.name = runner.inputs, runner.name
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.calls % self.every == 0:
+            self.store.append({k: np.array(feeds[k], dtype=dtype) for k, (_, dtype) in self.inputs.items()})
+        self.calls += 1
+        return self.runner(feeds)

@@ -184,3 +184,29 @@ def test_parity_report_carries_delegate_coverage(workspace, photos, capsys):
                  "--steps", "4"]) == 0
     out = capsys.readouterr().out
     assert "text_decoder/decode GPU:" in out and "falls back:" in out
+
+
+def test_gptq_int4_from_feeds_recorded_through_the_fp32_bundle(workspace, photos, tmp_path):
+    from pocketvlm.export.pipeline import export_bundles
+    from pocketvlm.export.quantize import QuantSpec
+    from pocketvlm.export.tflite_export import SignatureFeedRecorder
+    from pocketvlm.runtime.generation import GenerationConfig
+
+    checkpoint = workspace.checkpoint("qwen2_vl", "standard")
+    model = VisionLanguageModel.load(tflite_bundle(workspace, "qwen2_vl", "fp32", "standard"))
+    recorders = {name: SignatureFeedRecorder(session) for name, session in model.sessions.items()}
+    model.sessions.update(recorders)
+    for image in two_sizes(photos).values():
+        model.generate(image, "Describe this image.", GenerationConfig(max_new_tokens=8))
+    feeds = {name: recorder.feeds for name, recorder in recorders.items()}
+    assert set(feeds["text_decoder"]) == {"prefill_16", "decode"}
+    assert len(feeds["text_decoder"]["prefill_16"]) >= 4 and feeds["text_decoder"]["decode"]
+    quant = QuantConfig(QuantSpec(method="int4", gptq=True))
+    with pytest.raises(errors.QuantizationError, match="no calibration feeds"):
+        export_bundles(checkpoint, [(tmp_path / "none", quant)], target="tflite", shapes=DEFAULT_SHAPES)
+    (bundle,) = export_bundles(checkpoint, [(tmp_path / "gptq", quant)], target="tflite", shapes=DEFAULT_SHAPES,
+                               calibration=feeds)
+    assert load_bundle(bundle).manifest["components"]["text_decoder"]["quantization"]["gptq"] is True
+    report = vlm_parity(bundle, checkpoint, photos=two_sizes(photos), steps=16)
+    for row in report["photos"]:
+        assert min(row["logits"]["per_step_cosine"]) >= 0.97, row["logits"]

@@ -153,11 +153,13 @@ def write_checkpoint(out_dir: Path, vision_weights: Path = WEIGHTS) -> Path:
                            {"chat_template.jinja": CHAT_TEMPLATE})
 
 
-def calibration_feeds(bundle: Path, images: int = 32, seed: int = 0, max_new_tokens: int = 8) -> dict[str, list]:
+def calibration_feeds(bundle: Path, images: int = 32, seed: int = 0, max_new_tokens: int = 8,
+                      recorder: Any = None) -> dict[str, Any]:
     """GPTQ calibration data for every component of the captioner: the feeds an fp32 bundle's ``vision_encoder``
     and ``text_decoder`` (prefill and decode steps) see while it captions ``images`` seeded train-split images and
     answers one of each image's questions. Train split only: the test split stays unseen by every step that makes a
-    bundle."""
+    bundle. ``recorder`` wraps each session (default ``gptq.FeedRecorder``; for a LiteRT bundle
+    ``tflite_export.SignatureFeedRecorder``, whose feeds are per signature)."""
     import numpy as np
 
     from pocketvlm.export.gptq import FeedRecorder
@@ -166,7 +168,7 @@ def calibration_feeds(bundle: Path, images: int = 32, seed: int = 0, max_new_tok
     from pocketvlm.runtime.vlm import DEFAULT_CAPTION_PROMPT, VisionLanguageModel
 
     model = VisionLanguageModel.load(bundle)
-    recorders = {name: FeedRecorder(session) for name, session in model.sessions.items()}
+    recorders = {name: (recorder or FeedRecorder)(session) for name, session in model.sessions.items()}
     model.sessions.update(recorders)
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     samples = load_split("train")
