@@ -42,9 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Import-time notices of packages the exporters pull in (torchao, a litert-torch dependency that transformers imports
+# when present: its CUDA kernels cannot load on a CPU machine; torch's pytree deprecation notes): not the user's
+# concern, and they would bury the CLI's own lines.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
     from pocketvlm.runtime.errors import PocketVLMError
 
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     module = importlib.import_module(f"pocketvlm.cli.{args.command}_cmd")
     try:

@@ -91,8 +91,12 @@ def grouped_query_attention(module: torch.nn.Module, query: torch.Tensor, key: t
     weights = torch.matmul(q, key.transpose(2, 3)) * scaling  # [b, kv, groups * s, T]
     if attention_mask is not None:
         mask = attention_mask[:, :, :, :total]
-        weights = (weights.reshape(batch, kv_heads, groups, steps, total) + mask[:, :, None]).reshape(
-            batch, kv_heads, groups * steps, total)
+        if mask.shape[1] == 1:  # the usual [b, 1, s, T] mask, tiled over the folded rows: every tensor stays rank 4,
+            weights = weights + mask.repeat(1, 1, groups, 1)  # which GPU and NNAPI delegates require
+        else:
+            weights = (weights.reshape(batch, kv_heads, groups, steps, total)
+                       + mask.reshape(batch, kv_heads, groups, steps, total)).reshape(batch, kv_heads, groups * steps,
+                                                                                       total)
     weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).reshape(batch, heads, steps, dim)

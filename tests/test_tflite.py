@@ -114,10 +114,10 @@ def test_unsupported_tflite_requests_name_the_setting(workspace, tmp_path):
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):
             export_bundle(checkpoint, tmp_path / "out", target="tflite", **kwargs)
-    gptq = tmp_path / "gptq.json"
-    gptq.write_text(json.dumps({"default": {"method": "int4", "gptq": True}}))
-    with pytest.raises(errors.QuantizationError, match="'gptq' is ONNX-only"):
-        export_bundle(checkpoint, tmp_path / "out", target="tflite", quant=QuantConfig.parse(str(gptq)))
+    zero_points = tmp_path / "zero_points.json"
+    zero_points.write_text(json.dumps({"default": {"method": "int4", "symmetric": False}}))
+    with pytest.raises(errors.QuantizationError, match="'symmetric' is ONNX-only"):
+        export_bundle(checkpoint, tmp_path / "out", target="tflite", quant=QuantConfig.parse(str(zero_points)))
     blocks = tmp_path / "blocks.json"
     blocks.write_text(json.dumps({"default": {"method": "int4", "block_size": 16}}))
     with pytest.raises(errors.QuantizationError, match="block size 16"):
