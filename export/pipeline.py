@@ -40,7 +40,9 @@ TOOLS = ("pocketvlm", "torch", "transformers", "onnx", "onnxscript", "onnxruntim
          "ai-edge-quantizer", "ai-edge-litert")
 
 Progress = Callable[[str], None]
-Calibration = Mapping[str, Sequence[dict[str, Any]]]  # component name -> input feeds of its ONNX graph
+# component name -> recorded input feeds: a list for an ONNX graph (gptq.FeedRecorder), a dict of signature name ->
+# list for a LiteRT component (tflite_export.SignatureFeedRecorder)
+Calibration = Mapping[str, Any]
 
 
 def peak_rss_gb() -> float:
