@@ -130,13 +130,16 @@ def nnapi_reason(node: Node) -> str | None:
 
 def coverage(nodes: list[Node]) -> dict[str, Any]:
     gpu, nnapi = Coverage(nodes=len(nodes)), Coverage(nodes=len(nodes))
+    accepted = []  # by NNAPI's per-op checks, before its whole-graph ones
     for node in nodes:
-        for cover, why in ((gpu, gpu_reason(node)), (nnapi, nnapi_reason(node))):
+        rejected = nnapi_reason(node)
+        if rejected is None:
+            accepted.append(node)
+        for cover, why in ((gpu, gpu_reason(node)), (nnapi, rejected)):
             if why is None:
                 cover.delegated += 1
             else:
                 cover.fallback[(node.op, why)] += 1
-    accepted = [n for n in nodes if nnapi_reason(n) is None]
     bad_types = sorted({t.dtype.lower() for n in accepted for t in n.tensors if t.dtype not in NNAPI_TENSOR_TYPES})
     if bad_types:
         nnapi.whole_graph.append(f"accepted ops touch {', '.join(bad_types)} tensors, which NNAPI cannot hold: the "
