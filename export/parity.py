@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pocketvlm.export.checkpoint import read_checkpoint
+from pocketvlm.export.coreml_check import format_risks, risk_section
 from pocketvlm.export.delegates import delegate_section, format_coverage
 from pocketvlm.export.families.loading import image_processor
 from pocketvlm.export.hf_quiet import quiet_transformers
@@ -22,6 +23,7 @@ from pocketvlm.export.photos import PHOTO_LABELS, load_photos
 from pocketvlm.export.registry import get_family
 from pocketvlm.runtime.dual_encoder import DualEncoder
 from pocketvlm.runtime.errors import BundleError
+from pocketvlm.runtime.manifest import load_bundle
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,16 @@ def _hf_text_inputs(model_dir: Path, prompts: list[str], manifest: dict[str, Any
     return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
+def load_dual_encoder(bundle_dir: Path) -> DualEncoder:
+    """The runtime's dual encoder; a Core ML bundle off macOS runs on the reference evaluator."""
+    bundle = load_bundle(bundle_dir)
+    if bundle.manifest.get("target") != "coreml":
+        return DualEncoder.load(bundle_dir)
+    from pocketvlm.export.coreml_check import open_sessions
+
+    return DualEncoder(bundle, open_sessions(bundle, ("image_encoder", "text_encoder")))
+
+
 def dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: list[str] | None = None,
                         photos: dict[str, Any] | None = None) -> dict[str, Any]:
     with quiet_transformers():
@@ -66,7 +78,7 @@ def _dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: 
     import torch
 
     bundle_dir, model_dir = Path(bundle_dir), Path(model_dir)
-    runner = DualEncoder.load(bundle_dir)
+    runner = load_dual_encoder(bundle_dir)
     family = get_family(runner.bundle.family)
     if family.task != "zero_shot_image_classification":
         raise BundleError(f"bundle family {family.name} is not a dual encoder", "use a CLIP or SigLIP bundle")
@@ -127,6 +139,7 @@ def _dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: 
                       "bundle_top1": [labels[i] for i in end_to_end]},
         "bundle_bytes": runner.bundle.total_bytes,
         **delegate_section(runner.bundle),
+        **risk_section(runner.bundle),
         "pass": all(r["pass"] for r in rows.values()) and ids_equal
         and preprocessing["pixel_values_max_abs"] <= 1e-5,
     }
@@ -146,4 +159,6 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f"bundle size: {report['bundle_bytes'] / 1e6:.2f} MB; overall: {'PASS' if report['pass'] else 'FAIL'}")
     if "delegates" in report:
         lines.append(format_coverage(report["delegates"]))
+    if "neural_engine" in report:
+        lines.append(format_risks(report["neural_engine"]))
     return "\n".join(lines)

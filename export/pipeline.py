@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pocketvlm.export.checkpoint import Checkpoint, read_checkpoint
+from pocketvlm.export.coreml_export import COREML_ONLY, check_coreml_spec
 from pocketvlm.export.hf_quiet import quiet_transformers
-from pocketvlm.export.quantize import QuantConfig, external_data_path, quantize_file
+from pocketvlm.export.quantize import QuantConfig, QuantSpec, external_data_path, quantize_file
 from pocketvlm.export.registry import ComponentDef, FamilySpec, family_for_model_type
 from pocketvlm.export.tflite_export import (
     StaticShapes,
@@ -34,10 +35,10 @@ from pocketvlm.export.tflite_export import (
 from pocketvlm.runtime.errors import ExportError, ModelDirError, QuantizationError
 from pocketvlm.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 
-TARGETS = ("onnx", "tflite")
+TARGETS = ("onnx", "tflite", "coreml")
 PENDING_MANIFEST = MANIFEST_NAME + ".partial"  # renamed to manifest.json only after the directory is in place
 TOOLS = ("pocketvlm", "torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy", "litert-torch",
-         "ai-edge-quantizer", "ai-edge-litert")
+         "ai-edge-quantizer", "ai-edge-litert", "coremltools")
 
 Progress = Callable[[str], None]
 # component name -> recorded input feeds: a list for an ONNX graph (gptq.FeedRecorder), a dict of signature name ->
@@ -145,19 +146,23 @@ def _remove_stale_staging(out_dir: Path) -> None:
 
 def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onnx",
                   quant: QuantConfig | None = None, progress: Progress | None = None,
-                  split_vision: bool = False, shapes: StaticShapes | None = None) -> Path:
+                  split_vision: bool = False, shapes: StaticShapes | None = None,
+                  deployment_target: str = "iOS18") -> Path:
     """Export a checkpoint directory to a verified-on-load bundle. Returns the bundle directory."""
     return export_bundles(model_dir, [(out_dir, quant or QuantConfig())], target, progress, split_vision,
-                          shapes=shapes)[0]
+                          shapes=shapes, deployment_target=deployment_target)[0]
 
 
 def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantConfig]], target: str = "onnx",
                    progress: Progress | None = None, split_vision: bool = False,
-                   calibration: Calibration | None = None, shapes: StaticShapes | None = None) -> list[Path]:
+                   calibration: Calibration | None = None, shapes: StaticShapes | None = None,
+                   deployment_target: str = "iOS18", isolate: bool = True) -> list[Path]:
     """Export one checkpoint to several bundles (e.g. fp32, int8 and int4) from one load and one fp32 graph export;
     each bundle is published atomically on its own. ``calibration`` maps a component name to the input feeds its
     ONNX graph sees in use (e.g. recorded from an fp32 bundle with ``gptq.FeedRecorder``); components quantized with
-    GPTQ need it. ``shapes`` sets the static shapes of a ``tflite`` bundle (see ``tflite_export.StaticShapes``)."""
+    GPTQ need it. ``shapes`` sets the static shapes of a ``tflite`` or ``coreml`` bundle (see
+    ``tflite_export.StaticShapes``); ``deployment_target`` and ``isolate`` (each component converted in its own
+    process) apply to ``coreml``."""
     model_dir = Path(model_dir)
     plan = [(Path(out), quant) for out, quant in outputs]
     say = progress or (lambda message: None)
@@ -166,14 +171,14 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
                           f"use --target {' or '.join(TARGETS)}")
     if not plan or len({out.resolve() for out, _ in plan}) != len(plan):
         raise ExportError("each bundle needs its own output directory", "give every quantization its own --out")
-    if target == "tflite" and split_vision:
-        raise ExportError("--split-vision is available for --target onnx only", "drop --split-vision for tflite")
+    if target != "onnx" and split_vision:
+        raise ExportError("--split-vision is available for --target onnx only", f"drop --split-vision for {target}")
     checkpoint = read_checkpoint(model_dir)
     family = family_for_model_type(checkpoint.model_type)
     components = family.export_components(split_vision)
     for _, quant in plan:
-        for comp in components if target == "tflite" else ():
-            check_tflite_spec(quant.for_component(comp.name), comp.name)
+        for comp in components:
+            _check_target_spec(target, quant.for_component(comp.name), comp.name, deployment_target)
     for out_dir, quant in plan:
         quant.check_components(tuple(c.name for c in components))
         _check_destination(out_dir, model_dir)
@@ -189,7 +194,10 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
             stagings.append(out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}"))
             stagings[-1].mkdir()
         with quiet_transformers():
-            if target == "tflite":
+            if target == "coreml":
+                manifests = _export_coreml(checkpoint, family, components, stagings, [q for _, q in plan], say,
+                                           shapes or StaticShapes(), deployment_target, isolate)
+            elif target == "tflite":
                 manifests = _export_tflite(checkpoint, family, components, stagings, [q for _, q in plan], say,
                                            shapes or StaticShapes(), calibration or {})
             else:
@@ -205,6 +213,17 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
             shutil.rmtree(staging, ignore_errors=True)
         raise
     return [out for out, _ in plan]
+
+
+def _check_target_spec(target: str, spec: QuantSpec, component: str, deployment_target: str) -> None:
+    """Each target refuses, by name, the quantization settings it cannot apply."""
+    if target == "coreml":
+        check_coreml_spec(spec, component, deployment_target)
+        return
+    if spec.method in COREML_ONLY:
+        raise QuantizationError(f"{spec.method} ({component}) is a Core ML method", "use --target coreml, or int4")
+    if target == "tflite":
+        check_tflite_spec(spec, component)
 
 
 def _load(family: FamilySpec, checkpoint: Checkpoint) -> Any:
@@ -266,6 +285,58 @@ def _export_tflite(checkpoint: Checkpoint, family: FamilySpec, components: tuple
                 records[comp.name] = component_record(comp, config, final, spec, examples[comp.name], shapes,
                                                       image_token)
             manifests.append(_manifest(checkpoint, family, quant, "tflite", config, extra, records, staging))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return manifests
+
+
+def _export_coreml(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
+                   stagings: list[Path], quants: list[QuantConfig], say: Progress, shapes: StaticShapes,
+                   deployment_target: str, isolate: bool) -> list[dict[str, Any]]:
+    """One fp16 ``.mlpackage`` per component (coremltools; each in its own process when ``isolate``), then weight
+    compression per bundle."""
+    from pocketvlm.export import coreml_export
+
+    if any(comp.name == "text_decoder" for comp in components):
+        raise ExportError(f"--target coreml does not export {family.name}'s text_decoder yet (the stateful KV-cache "
+                          "decoder is not implemented in this version)",
+                          "export VLMs with --target onnx or tflite; CLIP and SigLIP export to coreml")
+    tick = _ticker(say, 2 + len(components) * (1 + len(stagings)))
+    tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
+    model = _load(family, checkpoint)
+    tick("writing tokenizer and preprocessing constants")
+    config = model.config
+    vision = getattr(config, "vision_config", None)
+    multiple = getattr(vision, "patch_size", 0) * getattr(vision, "spatial_merge_size", 0) or None
+    extras = [family.bundle_metadata(model, checkpoint.path, staging) for staging in stagings]
+    for extra in extras:
+        prepare_metadata(extra, shapes, multiple)
+    feeds = {comp.name: next(iter(static_examples(comp, config, extras[0], shapes).values())) for comp in components}
+    if isolate:  # each child loads its own copy: free this one first (peak memory is one component's conversion)
+        del model
+        gc.collect()
+    scratch = stagings[0].with_name(stagings[0].name + "-fp16")
+    scratch.mkdir()
+    try:
+        for comp in components:
+            tick(f"converting {comp.name} to Core ML (fp16{', own process' if isolate else ''})")
+            path = scratch / f"{comp.name}.mlpackage"
+            if isolate:
+                coreml_export.convert_isolated(checkpoint.path, family.name, comp.name, path, feeds[comp.name],
+                                               deployment_target)
+            else:
+                coreml_export.convert_component(model, comp, path, feeds[comp.name], deployment_target)
+        manifests = []
+        for staging, quant, extra in zip(stagings, quants, extras, strict=True):
+            records = {}
+            for comp in components:
+                spec = quant.for_component(comp.name)
+                tick(f"compressing {comp.name} ({spec.method}) into {staging.name.split('.partial-')[0][1:]}")
+                final = staging / f"{comp.name}.mlpackage"
+                done = coreml_export.compress_package(scratch / f"{comp.name}.mlpackage", final, spec)
+                records[comp.name] = coreml_export.component_record(comp, config, final, spec, done, feeds[comp.name],
+                                                                    deployment_target)
+            manifests.append(_manifest(checkpoint, family, quant, "coreml", config, extra, records, staging))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return manifests

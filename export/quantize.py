@@ -33,7 +33,7 @@ from typing import Any
 
 from pocketvlm.runtime.errors import QuantizationError
 
-METHODS = ("fp32", "fp16", "int8", "int4")
+METHODS = ("fp32", "fp16", "int8", "int4", "palette4")  # palette4: Core ML only
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ class Tolerances:
     component_min_cosine: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def cosine_for(self, component: str, method: str) -> float:
+        if method == "palette4":  # 4-bit look-up tables are held to the 4-bit linear thresholds
+            method = "int4"
         return self.component_min_cosine.get(component, {}).get(method, self.min_cosine[method])
 
 

@@ -1,4 +1,4 @@
-"""Backend sessions: one small protocol that ONNX Runtime and LiteRT (and later Core ML, torch) implement.
+"""Backend sessions: one small protocol that ONNX Runtime, LiteRT and Core ML (and later torch) implement.
 
 Pre- and post-processing live in the runtime once and run over any ``Session``; a backend only maps named numpy
 inputs to named numpy outputs.
@@ -6,12 +6,13 @@ inputs to named numpy outputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from pocketvlm.runtime.errors import BundleError
+from pocketvlm.runtime.errors import BundleError, InputError
 from pocketvlm.runtime.manifest import Bundle
 
 
@@ -49,6 +50,23 @@ class OrtSession:
         return dict(zip(self.output_names, outputs))
 
 
+Feeds = dict[str, np.ndarray]
+
+
+def run_rows(call: Callable[[Feeds], Feeds], feeds: Feeds, loop: Sequence[str], shapes: dict[str, tuple[int, ...]],
+             output_names: Sequence[str]) -> Feeds:
+    """A static-shape component exported at batch 1 over a batch: ``call`` once per row of the ``loop`` inputs
+    (the rest passed whole), outputs concatenated. Feeds that already have the static shapes go through once."""
+    if not loop or all(np.shape(feeds[k]) == tuple(shapes[k]) for k in shapes):
+        return call(feeds)
+    rows = {np.shape(feeds[k])[0] for k in loop}
+    if len(rows) != 1:
+        raise InputError(f"inputs {list(loop)} disagree on their first dimension: {sorted(rows)}",
+                         "pass the same number of rows for each")
+    parts = [call({k: (v[i : i + 1] if k in loop else v) for k, v in feeds.items()}) for i in range(rows.pop())]
+    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in output_names}
+
+
 def open_session(bundle: Bundle, component: str, providers: list[str] | None = None, threads: int = 0) -> Session:
     spec = bundle.component(component)
     if spec.format == "onnx":
@@ -57,5 +75,9 @@ def open_session(bundle: Bundle, component: str, providers: list[str] | None = N
         from pocketvlm.runtime.litert import LiteRTSession
 
         return LiteRTSession(bundle.file(spec.file), bundle.manifest["components"][component], threads=threads)
+    if spec.format == "mlpackage":
+        from pocketvlm.runtime.coreml import CoreMLSession
+
+        return CoreMLSession(bundle.file(spec.file), bundle.manifest["components"][component])
     raise BundleError(f"component '{component}' has format '{spec.format}', which this runtime cannot run",
-                      "export with --target onnx or tflite")
+                      "export with --target onnx, tflite or coreml")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pocketvlm.runtime.backends import run_rows
 from pocketvlm.runtime.errors import BundleError, InputError
 
 PREFILL_PREFIX = "prefill_"
@@ -77,15 +78,8 @@ class LiteRTSession:
         if DECODE in self.runners:
             return self._run_decoder(feeds)
         (runner,) = self.runners.values()
-        loop = self.static.get("loop_inputs") or []
-        if not loop or all(np.shape(feeds[k]) == runner.inputs[k][0] for k in runner.inputs):
-            return runner(feeds)
-        rows = {np.shape(feeds[k])[0] for k in loop}
-        if len(rows) != 1:
-            raise InputError(f"inputs {loop} disagree on their first dimension: {sorted(rows)}",
-                             "pass the same number of rows for each")
-        parts = [runner({k: (v[i : i + 1] if k in loop else v) for k, v in feeds.items()}) for i in range(rows.pop())]
-        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in self.output_names}
+        shapes = {k: shape for k, (shape, _) in runner.inputs.items()}
+        return run_rows(runner, feeds, self.static.get("loop_inputs") or [], shapes, self.output_names)
 
     # -- text_decoder --------------------------------------------------------------------------------------------------
     def _run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

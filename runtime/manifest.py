@@ -168,7 +168,8 @@ def load_bundle(bundle_dir: Path | str, verify: bool = True) -> Bundle:
     listed = {entry["path"] for entry in manifest["files"]}
     components = {}
     for name, data in manifest["components"].items():
-        if data["file"] not in listed:
+        # a component is a file, or a package directory (Core ML .mlpackage) whose files are all listed
+        if data["file"] not in listed and not any(path.startswith(data["file"] + "/") for path in listed):
             raise BundleError(f"component '{name}' file {data['file']} is not in the manifest's file list",
                               "re-export the bundle with `pocketvlm export`")
         components[name] = ComponentSpec.from_json(name, data)
