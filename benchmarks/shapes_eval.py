@@ -7,6 +7,9 @@ fp32 and as fp32 / int8 / int4 ONNX bundles. Bundles come from (and are shared w
 ``--target tflite`` evaluates LiteRT bundles (fp32 / int8 / int4 with ai-edge-quantizer's recipes; no GPTQ there),
 exported next to the demo's ONNX bundles in the cache and run through the runtime's LiteRT session.
 
+``--target coreml`` evaluates Core ML bundles (fp16 / int8 / int4 / palette4) with pocketvlm's reference evaluator
+of the packages (numpy; on macOS, Core ML itself).
+
 ``--rows`` and ``--threads`` let two processes split the work on a 2-core machine (e.g. PyTorch on one core, the
 bundles on the other), each writing its own file.
 
@@ -88,13 +91,42 @@ def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -
     return {q: out for q, out in plan.items() if q in wanted}
 
 
+def coreml_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -> dict[str, Path]:
+    """Core ML bundles of ``checkpoint`` (fp16 / int8 / int4 / palette4), exported together when any is missing or
+    stale; evaluated off macOS with pocketvlm's reference evaluator (graph and weights, not device numerics)."""
+    from pocketvlm.export.checkpoint import read_checkpoint
+    from pocketvlm.export.pipeline import export_bundles
+    from pocketvlm.export.quantize import QuantConfig
+    from pocketvlm.runtime.errors import BundleError
+    from pocketvlm.runtime.manifest import load_bundle
+
+    source = read_checkpoint(checkpoint)
+    plan = {q: cache / "bundles" / f"{name}-coreml-{q}" for q in ("fp16", "int8", "int4", "palette4") if q in wanted}
+    stale = []
+    for quant, out in plan.items():
+        try:
+            manifest = load_bundle(out).manifest
+            if (manifest["source"]["weights_sha256"] == source.weights_sha256()
+                    and manifest["quantization"] == QuantConfig.parse(quant).to_json()):
+                continue
+        except BundleError:
+            pass
+        stale.append(quant)
+    if stale:
+        say(f"exporting {name} Core ML bundles: {', '.join(stale)}")
+        export_bundles(checkpoint, [(plan[q], QuantConfig.parse(q)) for q in stale], target="coreml", progress=say,
+                       shapes=SHAPES)
+    return plan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 1,000)")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--models", default="shapes-clip,shapes-captioner")
     parser.add_argument("--rows", default="pytorch,fp32,int8,int4", help="which rows to evaluate")
-    parser.add_argument("--target", choices=("onnx", "tflite"), default="onnx")
+    parser.add_argument("--target", choices=("onnx", "tflite", "coreml"), default="onnx",
+                        help="coreml rows: fp16,int8,int4,palette4")
     parser.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (0: all cores)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "shapes_eval.json")
     args = parser.parse_args()
@@ -111,8 +143,12 @@ def main() -> None:
                "models": {}}
     for name in args.models.split(","):
         checkpoint = model_checkpoint(cache, name, say)
-        bundles = (model_bundles(checkpoint, cache, name, say)[0] if args.target == "onnx"
-                   else tflite_bundles(checkpoint, cache, name, wanted))
+        if args.target == "onnx":
+            bundles = model_bundles(checkpoint, cache, name, say)[0]
+        elif args.target == "tflite":
+            bundles = tflite_bundles(checkpoint, cache, name, wanted)
+        else:
+            bundles = coreml_bundles(checkpoint, cache, name, wanted)
         rows = {}
         started = time.perf_counter()
         bundles = {quant: bundle for quant, bundle in bundles.items() if quant in wanted}

@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from pocketvlm.export.mil_eval import MILProgram
+from pocketvlm.export.mil_eval import MILProgram, function_names
 from pocketvlm.runtime.coreml import CoreMLSession
-from pocketvlm.runtime.manifest import Bundle
+from pocketvlm.runtime.dual_encoder import DualEncoder
+from pocketvlm.runtime.manifest import Bundle, load_bundle
+from pocketvlm.runtime.vlm import VisionLanguageModel
 
 ANE_MAX_DIM = 16384  # the Neural Engine rejects tensors with a dimension above this (Apple's ml-ane-transformers)
 ANE_MAX_RANK = 5
@@ -34,10 +36,32 @@ class EvaluatorPredictor:
     name = "pocketvlm reference evaluator (numpy; graph and weights, not ANE/GPU numerics)"
 
     def __init__(self, package: Path) -> None:
+        self.package = package
         self.program = MILProgram(package)
+        self._programs: dict[str, MILProgram] = {}
 
-    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.program.run(feeds)
+    def _function(self, name: str | None) -> MILProgram:
+        if name is None:
+            return self.program
+        if name not in self._programs:
+            self._programs[name] = MILProgram(self.package, function=name)
+        return self._programs[name]
+
+    def predict(self, feeds: dict[str, np.ndarray], function: str | None = None,
+                state: Any = None) -> dict[str, np.ndarray]:
+        return self._function(function).run(feeds, state)
+
+    def make_state(self) -> dict[str, np.ndarray]:
+        return self.program.new_state()
+
+
+def load_runner(bundle_dir: Path | str, threads: int = 0) -> DualEncoder | VisionLanguageModel:
+    """The runtime's model for any bundle; a Core ML bundle off macOS runs on the reference evaluator."""
+    bundle = load_bundle(bundle_dir)
+    cls = VisionLanguageModel if bundle.manifest.get("task") == "image_text_to_text" else DualEncoder
+    if bundle.manifest.get("target") != "coreml" or sys.platform == "darwin":
+        return cls.load(bundle_dir, threads=threads)
+    return cls(bundle, open_sessions(bundle, tuple(bundle.components)))
 
 
 def open_sessions(bundle: Bundle, names: tuple[str, ...]) -> dict[str, CoreMLSession]:
@@ -59,11 +83,13 @@ def _dims(value_type: Any) -> tuple[str, list[int]]:
 
 
 def ane_risks(package: Path) -> list[dict[str, Any]]:
-    """Findings for one package: each with the issue, where (op types and counts), why, and a suggested change."""
-    program = MILProgram(package)
+    """Findings for one package (over all its functions): each with the issue, where (op types and counts), why,
+    and a suggested change."""
+    programs = [MILProgram(package, name) for name in function_names(package)]
     findings: list[dict[str, Any]] = []
     per_block, integer_ops, big_dims, high_rank = Counter(), Counter(), Counter(), Counter()
-    for operation in program.block.operations:
+    program = programs[0]
+    for operation in (op for p in programs for op in p.block.operations):
         if operation.type == "const":
             continue
         if operation.type == "constexpr_blockwise_shift_scale":

@@ -256,6 +256,12 @@ def _convert_in_child(job: Path) -> int:
         with quiet_transformers():
             model = family.load_model(Path(spec["checkpoint"]))
         comp = next(c for c in family.export_components() if c.name == spec["component"])
+        if spec.get("decoder"):
+            from pocketvlm.export.coreml_decoder import convert_decoder
+
+            convert_decoder(model, comp, Path(spec["path"]), spec["decoder"]["prefill_length"],
+                            spec["decoder"]["capacity"], spec["deployment_target"])
+            return 0
         with np.load(job.with_suffix(".npz")) as data:
             feeds = {k: torch.from_numpy(data[k]) for k in data.files}
         convert_component(model, comp, Path(spec["path"]), feeds, spec["deployment_target"])
@@ -266,8 +272,10 @@ def _convert_in_child(job: Path) -> int:
 
 
 def convert_isolated(checkpoint_dir: Path, family_name: str, component: str, path: Path,
-                     feeds: dict[str, Any], deployment_target: str = DEFAULT_TARGET) -> None:
-    """``convert_component`` in a fresh Python process that loads the checkpoint itself, so the parent holds no
+                     feeds: dict[str, Any], deployment_target: str = DEFAULT_TARGET,
+                     decoder: dict[str, int] | None = None) -> None:
+    """``convert_component`` (or, with ``decoder`` = {prefill_length, capacity}, ``coreml_decoder.convert_decoder``
+    into the directory ``path``) in a fresh Python process that loads the checkpoint itself, so the parent holds no
     torch weights while coremltools converts (errors come back as the same typed errors)."""
     import json
     import subprocess
@@ -277,7 +285,8 @@ def convert_isolated(checkpoint_dir: Path, family_name: str, component: str, pat
     with tempfile.TemporaryDirectory(prefix="pocketvlm-coreml-") as tmp:
         job = Path(tmp) / "job.json"
         job.write_text(json.dumps({"checkpoint": str(checkpoint_dir), "family": family_name, "component": component,
-                                   "path": str(path), "deployment_target": deployment_target}), encoding="utf-8")
+                                   "path": str(path), "deployment_target": deployment_target,
+                                   "decoder": decoder}), encoding="utf-8")
         np.savez(job.with_suffix(".npz"), **{k: v.numpy() if hasattr(v, "numpy") else np.asarray(v)
                                              for k, v in feeds.items()})
         result = subprocess.run([sys.executable, "-m", "pocketvlm.export.coreml_export", str(job)],

@@ -99,20 +99,32 @@ def _tensor_spec(name: str, value_type: Any) -> TensorSpec:
     return TensorSpec(name, _type_name(tensor.dataType), tuple(dims))
 
 
+def read_spec(package: Path) -> Any:
+    """The package's ``Model`` protobuf (``model.mlmodel``), parsed without compiling."""
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString((package / "Data" / "com.apple.CoreML" / "model.mlmodel").read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CoreMLEvaluatorError(f"cannot read the Core ML spec of {package.name}: {exc}",
+                                   "re-export the package") from exc
+    return spec
+
+
+def function_names(package: Path) -> list[str]:
+    spec = read_spec(package)
+    return list(spec.mlProgram.functions) if spec.WhichOneof("Type") == "mlProgram" else []
+
+
 class MILProgram:
     """One function of an mlprogram package, ready to evaluate."""
 
-    def __init__(self, package: Path | str, function: str = "main") -> None:
-        from coremltools.proto import Model_pb2
-
+    def __init__(self, package: Path | str, function: str | None = None) -> None:
         package = Path(package)
         data = package / "Data" / "com.apple.CoreML"
-        spec = Model_pb2.Model()
-        try:
-            spec.ParseFromString((data / "model.mlmodel").read_bytes())
-        except (OSError, ValueError) as exc:
-            raise CoreMLEvaluatorError(f"cannot read the Core ML spec of {package.name}: {exc}",
-                                       "re-export the package") from exc
+        spec = read_spec(package)
+        function = function or spec.description.defaultFunctionName or "main"
         if spec.WhichOneof("Type") != "mlProgram":
             raise CoreMLEvaluatorError(f"{package.name} is a {spec.WhichOneof('Type')} model, not an mlprogram",
                                        "convert with convert_to='mlprogram'")
@@ -258,7 +270,8 @@ class MILProgram:
             spec = _tensor_spec(output.name, output.type)
             array = np.asarray(value)
             if spec.dtype in _NUMPY and array.dtype != _NUMPY[spec.dtype]:
-                array = array.astype(_NUMPY[spec.dtype])
+                with np.errstate(over="ignore"):  # fp16 saturates to +-inf, as on the device (e.g. mask minima)
+                    array = array.astype(_NUMPY[spec.dtype])
             env[output.name] = array
             if output.name in self._constants and self._constants[output.name] is None:
                 self._constants[output.name] = array

@@ -318,6 +318,11 @@ def _fill(shape: Any, value: Any = 0.0) -> np.ndarray:
     return np.full([int(s) for s in shape], value)
 
 
+@op("fill_like")
+def _fill_like(ref_tensor: Any, value: Any = 0.0) -> np.ndarray:
+    return np.full(np.shape(ref_tensor), value)
+
+
 @op("range_1d")
 def _range_1d(start: Any, end: Any, step: Any) -> np.ndarray:
     return np.arange(start, end, step)

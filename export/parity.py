@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pocketvlm.export.checkpoint import read_checkpoint
-from pocketvlm.export.coreml_check import format_risks, risk_section
+from pocketvlm.export.coreml_check import format_risks, load_runner, risk_section
 from pocketvlm.export.delegates import delegate_section, format_coverage
 from pocketvlm.export.families.loading import image_processor
 from pocketvlm.export.hf_quiet import quiet_transformers
@@ -23,7 +23,6 @@ from pocketvlm.export.photos import PHOTO_LABELS, load_photos
 from pocketvlm.export.registry import get_family
 from pocketvlm.runtime.dual_encoder import DualEncoder
 from pocketvlm.runtime.errors import BundleError
-from pocketvlm.runtime.manifest import load_bundle
 
 
 @dataclass(frozen=True)
@@ -59,12 +58,10 @@ def _hf_text_inputs(model_dir: Path, prompts: list[str], manifest: dict[str, Any
 
 def load_dual_encoder(bundle_dir: Path) -> DualEncoder:
     """The runtime's dual encoder; a Core ML bundle off macOS runs on the reference evaluator."""
-    bundle = load_bundle(bundle_dir)
-    if bundle.manifest.get("target") != "coreml":
-        return DualEncoder.load(bundle_dir)
-    from pocketvlm.export.coreml_check import open_sessions
-
-    return DualEncoder(bundle, open_sessions(bundle, ("image_encoder", "text_encoder")))
+    runner = load_runner(bundle_dir)
+    if not isinstance(runner, DualEncoder):
+        raise BundleError(f"bundle {bundle_dir} is not a dual-encoder bundle", "use a CLIP or SigLIP bundle")
+    return runner
 
 
 def dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: list[str] | None = None,

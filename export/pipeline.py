@@ -293,53 +293,9 @@ def _export_tflite(checkpoint: Checkpoint, family: FamilySpec, components: tuple
 def _export_coreml(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
                    stagings: list[Path], quants: list[QuantConfig], say: Progress, shapes: StaticShapes,
                    deployment_target: str, isolate: bool) -> list[dict[str, Any]]:
-    """One fp16 ``.mlpackage`` per component (coremltools; each in its own process when ``isolate``), then weight
-    compression per bundle."""
-    from pocketvlm.export import coreml_export
+    from pocketvlm.export.coreml_pipeline import export_coreml
 
-    if any(comp.name == "text_decoder" for comp in components):
-        raise ExportError(f"--target coreml does not export {family.name}'s text_decoder yet (the stateful KV-cache "
-                          "decoder is not implemented in this version)",
-                          "export VLMs with --target onnx or tflite; CLIP and SigLIP export to coreml")
-    tick = _ticker(say, 2 + len(components) * (1 + len(stagings)))
-    tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
-    model = _load(family, checkpoint)
-    tick("writing tokenizer and preprocessing constants")
-    config = model.config
-    vision = getattr(config, "vision_config", None)
-    multiple = getattr(vision, "patch_size", 0) * getattr(vision, "spatial_merge_size", 0) or None
-    extras = [family.bundle_metadata(model, checkpoint.path, staging) for staging in stagings]
-    for extra in extras:
-        prepare_metadata(extra, shapes, multiple)
-    feeds = {comp.name: next(iter(static_examples(comp, config, extras[0], shapes).values())) for comp in components}
-    if isolate:  # each child loads its own copy: free this one first (peak memory is one component's conversion)
-        del model
-        gc.collect()
-    scratch = stagings[0].with_name(stagings[0].name + "-fp16")
-    scratch.mkdir()
-    try:
-        for comp in components:
-            tick(f"converting {comp.name} to Core ML (fp16{', own process' if isolate else ''})")
-            path = scratch / f"{comp.name}.mlpackage"
-            if isolate:
-                coreml_export.convert_isolated(checkpoint.path, family.name, comp.name, path, feeds[comp.name],
-                                               deployment_target)
-            else:
-                coreml_export.convert_component(model, comp, path, feeds[comp.name], deployment_target)
-        manifests = []
-        for staging, quant, extra in zip(stagings, quants, extras, strict=True):
-            records = {}
-            for comp in components:
-                spec = quant.for_component(comp.name)
-                tick(f"compressing {comp.name} ({spec.method}) into {staging.name.split('.partial-')[0][1:]}")
-                final = staging / f"{comp.name}.mlpackage"
-                done = coreml_export.compress_package(scratch / f"{comp.name}.mlpackage", final, spec)
-                records[comp.name] = coreml_export.component_record(comp, config, final, spec, done, feeds[comp.name],
-                                                                    deployment_target)
-            manifests.append(_manifest(checkpoint, family, quant, "coreml", config, extra, records, staging))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return manifests
+    return export_coreml(checkpoint, family, components, stagings, quants, say, shapes, deployment_target, isolate)
 
 
 def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],

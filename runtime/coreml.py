@@ -19,14 +19,21 @@ import numpy as np
 
 from pocketvlm.runtime.backends import run_rows
 from pocketvlm.runtime.errors import BundleError, InputError
+from pocketvlm.runtime.static_decode import check_call, chunks
 
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
 
 
 class Predictor(Protocol):
+    """Runs one package: ``function`` picks a function of a multifunction package (None: its default), ``state``
+    is an object from ``make_state`` (stateful packages: the decoder's KV cache)."""
+
     name: str
 
-    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def predict(self, feeds: dict[str, np.ndarray], function: str | None = None,
+                state: Any = None) -> dict[str, np.ndarray]: ...
+
+    def make_state(self) -> Any: ...
 
 
 class CoreMLFramework:
@@ -42,46 +49,94 @@ class CoreMLFramework:
         except ImportError as exc:
             raise BundleError("this bundle's components are Core ML packages and coremltools is not installed",
                               'pip install "pocketvlm[coreml]"') from exc
-        try:
-            self._model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
-        except Exception as exc:  # Core ML reports compile and load failures as RuntimeError / generic exceptions
-            raise BundleError(f"Core ML cannot load {path.name}: {str(exc).splitlines()[0]}",
-                              "re-export the bundle, or update macOS to the deployment target in the manifest") from exc
+        self._ct, self._path, self._units = ct, path, getattr(ct.ComputeUnit, compute_units)
+        self._models: dict[str | None, Any] = {}
+        self._load(None)
         self.name = f"Core ML ({compute_units})"
 
-    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v) for k, v in self._model.predict(feeds).items()}
+    def _load(self, function: str | None) -> Any:
+        if function not in self._models:
+            kwargs = {"function_name": function} if function else {}
+            try:
+                self._models[function] = self._ct.models.MLModel(str(self._path), compute_units=self._units, **kwargs)
+            except Exception as exc:  # Core ML reports compile and load failures as RuntimeError / generic ones
+                raise BundleError(f"Core ML cannot load {self._path.name}: {str(exc).splitlines()[0]}",
+                                  "re-export the bundle, or update macOS to the manifest's deployment target") from exc
+        return self._models[function]
+
+    def predict(self, feeds: dict[str, np.ndarray], function: str | None = None,
+                state: Any = None) -> dict[str, np.ndarray]:
+        model = self._load(function)
+        outputs = model.predict(feeds, state=state) if state is not None else model.predict(feeds)
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    def make_state(self) -> Any:
+        # the functions of a multifunction package declare the same states, so one MLState serves both
+        return self._load(None).make_state()
 
 
 class CoreMLSession:
-    """One Core ML component: static input shapes and dtypes from the manifest, a batch loop, float32 outputs."""
+    """One Core ML component: static input shapes and dtypes from the manifest, float32 outputs; encoders loop over
+    a batch, the stateful ``text_decoder`` runs calls as prefill / decode chunks over its own KV cache."""
 
     def __init__(self, path: Path, component: dict[str, Any], predictor: Predictor | None = None) -> None:
         self.input_names = tuple(t["name"] for t in component["inputs"])
         self.output_names = tuple(t["name"] for t in component["outputs"])
         self.static = dict(component.get("static") or {})
         signatures = self.static.get("signatures") or {}
-        if len(signatures) != 1:
-            raise BundleError(f"{path.name}: a Core ML component needs exactly one static signature in the manifest, "
-                              f"found {len(signatures)}", "re-export the bundle with --target coreml")
-        (shapes,) = signatures.values()
         dtypes = self.static.get("dtypes") or {}
-        self.inputs = {name: (tuple(int(d) for d in shape), _DTYPES[dtypes.get(name, "float32")])
-                       for name, shape in shapes.items()}
+        self.functions = {fn: {name: (tuple(int(d) for d in shape), _DTYPES[dtypes.get(name, "float32")])
+                               for name, shape in shapes.items()} for fn, shapes in signatures.items()}
+        self.owns_kv_cache = bool(self.static.get("states"))
+        if not self.functions or (len(self.functions) != 1 and not self.owns_kv_cache):
+            raise BundleError(f"{path.name}: the manifest has {len(self.functions)} static signatures for this "
+                              "Core ML component", "re-export the bundle with --target coreml")
+        self.inputs = next(iter(self.functions.values()))
         self._predictor = predictor or CoreMLFramework(path)
         self.providers = (self._predictor.name,)
+        self._state: Any = None
+        self._filled = 0
 
-    def _call(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _call(self, feeds: dict[str, np.ndarray], function: str | None = None) -> dict[str, np.ndarray]:
         cast = {}
-        for name, (shape, dtype) in self.inputs.items():
+        inputs = self.functions[function] if function else self.inputs
+        for name, (shape, dtype) in inputs.items():
             value = np.asarray(feeds[name])
             if value.shape != shape:
                 raise InputError(f"input '{name}' has shape {list(value.shape)}, but this Core ML component is fixed "
                                  f"at {list(shape)}", "re-export with --target coreml and shapes that cover it")
             cast[name] = np.ascontiguousarray(value, dtype=dtype)
-        outputs = self._predictor.predict(cast)
+        outputs = (self._predictor.predict(cast, function, self._state) if function
+                   else self._predictor.predict(cast))
         return {name: np.asarray(outputs[name], dtype=np.float32) for name in self.output_names}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.owns_kv_cache:
+            return self._run_decoder(feeds)
         shapes = {name: shape for name, (shape, _) in self.inputs.items()}
         return run_rows(self._call, feeds, self.static.get("loop_inputs") or [], shapes, self.output_names)
+
+    def _run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The KV cache is the package's state: the runtime's ``attention_mask`` says how many tokens the caller
+        believes are cached; 0 starts a new sequence (a fresh state), any other count must match this session's."""
+        capacity, image_token = int(self.static["kv_capacity"]), int(self.static["image_token_id"])
+        ids = np.asarray(feeds["input_ids"])
+        claimed = int(np.asarray(feeds["attention_mask"])[0, : -ids.shape[1]].sum())
+        if claimed == 0:
+            self._state, self._filled = self._predictor.make_state(), 0
+        elif claimed != self._filled:
+            raise InputError(f"the caller's KV cache holds {claimed} tokens but this Core ML decoder's state holds "
+                             f"{self._filled}", "run one generation at a time per session, from its first token")
+        check_call(ids, self._filled, capacity, "Core ML")
+        logits = None
+        for chunk in chunks(feeds, int(self.static["prefill_length"]), image_token):
+            size = chunk.pad + chunk.real
+            mask = np.zeros((1, capacity + size), np.int32)
+            mask[:, : self._filled] = 1
+            mask[:, capacity + chunk.pad :] = 1
+            slots = np.concatenate([np.full(chunk.pad, -1), np.arange(self._filled, self._filled + chunk.real)])
+            out = self._call({**chunk.feeds, "attention_mask": mask, "cache_position": slots.astype(np.int32)},
+                             chunk.entry)
+            logits = out["logits"]
+            self._filled += chunk.real
+        return {"logits": logits}

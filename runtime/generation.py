@@ -62,14 +62,18 @@ class KVCache:
     """One preallocated [1, kv_heads, capacity, head_dim] buffer per layer and kind, filled in place.
 
     The decoder graph reads the whole buffer (``past_*``) with ``attention_mask`` marking the filled slots, and
-    returns only the new entries, which are copied into the next free slots: no allocation per token.
+    returns only the new entries, which are copied into the next free slots: no allocation per token. A decoder
+    session that keeps its cache itself (Core ML states: ``owns_kv_cache``) gets ``track_only``: the mask and the
+    count, no buffers.
     """
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int) -> None:
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, track_only: bool = False) -> None:
         self.capacity = capacity
         self.filled = 0
-        self.buffers = {f"past_{kind}_{layer}": np.zeros((1, kv_heads, capacity, head_dim), np.float32)
-                        for layer in range(layers) for kind in ("key", "value")}
+        self.track_only = track_only
+        self.buffers = {} if track_only else {
+            f"past_{kind}_{layer}": np.zeros((1, kv_heads, capacity, head_dim), np.float32)
+            for layer in range(layers) for kind in ("key", "value")}
         self._mask = np.zeros((1, capacity + capacity), np.int64)
 
     def attention_mask(self, new_tokens: int) -> np.ndarray:
@@ -82,6 +86,6 @@ class KVCache:
     def append(self, outputs: dict[str, np.ndarray], new_tokens: int) -> None:
         if self.filled + new_tokens > self.capacity:
             raise InputError(f"KV cache full ({self.capacity} tokens)", "lower max_new_tokens or shorten the prompt")
-        for name, buffer in self.buffers.items():
+        for name, buffer in self.buffers.items():  # none when track_only
             buffer[:, :, self.filled : self.filled + new_tokens] = outputs[name.replace("past_", "present_")]
         self.filled += new_tokens

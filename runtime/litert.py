@@ -25,9 +25,7 @@ import numpy as np
 
 from pocketvlm.runtime.backends import run_rows
 from pocketvlm.runtime.errors import BundleError, InputError
-
-PREFILL_PREFIX = "prefill_"
-DECODE = "decode"
+from pocketvlm.runtime.static_decode import DECODE, PREFILL_PREFIX, check_call, chunks
 
 
 class _Runner:
@@ -85,18 +83,12 @@ class LiteRTSession:
     def _run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         capacity, image_token = int(self.static["kv_capacity"]), int(self.static["image_token_id"])
         prefill = next(r for name, r in self.runners.items() if name.startswith(PREFILL_PREFIX))
-        chunk = prefill.inputs["input_ids"][0][1]
+        prefill_length = prefill.inputs["input_ids"][0][1]
         ids = np.asarray(feeds["input_ids"])
         past_names = [n for n in self.input_names if n.startswith("past_")]
         given = np.shape(feeds[past_names[0]])[2]
-        new = ids.shape[1]
-        if ids.shape[0] != 1:
-            raise InputError(f"LiteRT decoders run one sequence at a time, got a batch of {ids.shape[0]}",
-                             "generate one prompt per call")
         filled_mask = np.asarray(feeds["attention_mask"])[:, :given]
-        if int(filled_mask.sum()) + new > capacity:
-            raise InputError(f"{int(filled_mask.sum())} cached + {new} new tokens exceed this LiteRT bundle's KV "
-                             f"capacity of {capacity}", "shorten the prompt or re-export with a larger kv_capacity")
+        check_call(ids, int(filled_mask.sum()), capacity, "LiteRT")
         sources = [feeds[name] for name in past_names]
         if self._kv is not None and self._kv[3] == int(filled_mask.sum()) and all(
                 a is b for a, b in zip(sources, self._kv[0])):
@@ -114,24 +106,11 @@ class LiteRTSession:
             mask[:, : min(given, capacity)] = filled_mask[:, :capacity]
         # the runtime fills its buffer from slot 0 (its mask is 1..1 0..0): new entries go to the next free slots
         filled = int(mask.sum())
-        rows = np.asarray(feeds["image_embeds"])
-        deep = feeds.get("deepstack_embeds")
-        used, logits, presents = 0, None, {n.replace("past_", "present_"): [] for n in past_names}
-        for start in range(0, new, chunk):
-            part = ids[:, start : start + chunk]
-            runner = self.runners[DECODE] if part.shape[1] == 1 else prefill
-            size = runner.inputs["input_ids"][0][1]
-            pad = size - part.shape[1]
-            images = int((part == image_token).sum())
-            step = {"input_ids": np.concatenate([np.full((1, pad), 0 if image_token else 1, ids.dtype), part], 1),
-                    "position_ids": self._pad_positions(np.asarray(feeds["position_ids"])[..., start : start + size
-                                                                                             - pad], pad),
-                    "attention_mask": np.concatenate([mask, np.zeros((1, pad), np.int64),
-                                                      np.ones((1, size - pad), np.int64)], 1),
-                    "image_embeds": _rows(rows, used, size, axis=0), **past}
-            if deep is not None:
-                step["deepstack_embeds"] = _rows(np.asarray(deep), used, size, axis=1)
-            used += images
+        logits, presents = None, {n.replace("past_", "present_"): [] for n in past_names}
+        for chunk in chunks(feeds, prefill_length, image_token):
+            runner, size, pad = self.runners[chunk.entry], chunk.pad + chunk.real, chunk.pad
+            step = {**chunk.feeds, **past, "attention_mask": np.concatenate(
+                [mask, np.zeros((1, pad), np.int64), np.ones((1, size - pad), np.int64)], 1)}
             out = runner(step)
             logits = out["logits"]
             real = size - pad
@@ -144,17 +123,3 @@ class LiteRTSession:
         # keep the caller's arrays alive with the copies: identity then cannot match a new, reused-id buffer
         self._kv = (sources, past, mask, filled)
         return {"logits": logits, **{k: np.concatenate(v, axis=2) for k, v in presents.items()}}
-
-    @staticmethod
-    def _pad_positions(positions: np.ndarray, pad: int) -> np.ndarray:
-        if not pad:
-            return positions
-        first = positions[..., :1]
-        return np.concatenate([np.broadcast_to(first, (*positions.shape[:-1], pad)), positions], axis=-1)
-
-
-def _rows(rows: np.ndarray, start: int, size: int, axis: int) -> np.ndarray:
-    """``size`` rows along ``axis`` from ``start`` (the chunk's image rows, in order), padded by repeating the last
-    row; the graph only reads rows at image-token positions."""
-    taken = np.take(rows, np.arange(start, start + size).clip(max=rows.shape[axis] - 1), axis=axis)
-    return np.ascontiguousarray(taken, dtype=np.float32)

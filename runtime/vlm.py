@@ -117,10 +117,10 @@ class VisionLanguageModel:
         vision = self.encode_image(processed)
         timings["image_encode_s"] = time.perf_counter() - started
         positions, delta = self.adapter.positions(input_ids, processed)
-        cache = KVCache(self.decoder["num_layers"], self.decoder["kv_heads"], self.decoder["head_dim"],
-                        len(input_ids) + config.max_new_tokens)
-        sampler, stops = Sampler(config), self.eos_ids | set(config.stop_token_ids)
         decoder = self.sessions["text_decoder"]
+        cache = KVCache(self.decoder["num_layers"], self.decoder["kv_heads"], self.decoder["head_dim"],
+                        len(input_ids) + config.max_new_tokens, track_only=getattr(decoder, "owns_kv_cache", False))
+        sampler, stops = Sampler(config), self.eos_ids | set(config.stop_token_ids)
         step_ids, step_positions, tokens, reason = input_ids[None, :], positions, [], "max_new_tokens"
         all_logits: list[np.ndarray] = []
         started = time.perf_counter()

@@ -55,10 +55,10 @@ class BundleCaptioner:
     """Greedy generation through the runtime (any target the runtime supports)."""
 
     def __init__(self, bundle: Path, threads: int = 0) -> None:
+        from pocketvlm.export.coreml_check import load_runner
         from pocketvlm.runtime.generation import GenerationConfig
-        from pocketvlm.runtime.vlm import VisionLanguageModel
 
-        self.model = VisionLanguageModel.load(bundle, threads=threads)
+        self.model = load_runner(bundle, threads=threads)  # a Core ML bundle off macOS: the reference evaluator
         self.config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS)
 
     def answer(self, sample: Sample, prompt: str) -> str:
@@ -121,9 +121,9 @@ def evaluate_captioner(runner: Captioner, samples: Sequence[Sample], progress: P
 
 class BundleClassifier:
     def __init__(self, bundle: Path, threads: int = 0) -> None:
-        from pocketvlm.runtime.dual_encoder import DualEncoder
+        from pocketvlm.export.coreml_check import load_runner
 
-        self.model = DualEncoder.load(bundle, threads=threads)
+        self.model = load_runner(bundle, threads=threads)  # a Core ML bundle off macOS: the reference evaluator
 
     def top1(self, images: list[Any], labels: Sequence[str]) -> list[str]:
         return [preds[0].label for preds in self.model.classify(images, labels)]

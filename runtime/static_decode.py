@@ -1,0 +1,71 @@
+"""Running the runtime's decoder calls on static-shape decoders (LiteRT signatures, Core ML functions).
+
+The runtime's generation loop sends a whole prompt, then one token per step, with dynamic shapes. A static decoder
+has a ``prefill_N`` entry point (N new tokens) and a ``decode`` one (1 token) over a fixed KV capacity. ``chunks``
+splits one call into such steps: each chunk is padded on the left with masked tokens (so the last position, whose
+logits are returned, is real), its positions are padded with the first real one, and the image rows it needs are
+sliced from ``image_embeds`` (and ``deepstack_embeds``) by counting image tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pocketvlm.runtime.errors import InputError
+
+PREFILL_PREFIX = "prefill_"
+DECODE = "decode"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    entry: str  # the signature / function that runs it: "prefill_N" or "decode"
+    pad: int  # masked tokens on the left
+    real: int  # real tokens (size = pad + real)
+    feeds: dict[str, np.ndarray]  # input_ids, position_ids, image_embeds (, deepstack_embeds), padded
+
+
+def check_call(ids: np.ndarray, filled: int, capacity: int, engine: str) -> None:
+    if ids.shape[0] != 1:
+        raise InputError(f"{engine} decoders run one sequence at a time, got a batch of {ids.shape[0]}",
+                         "generate one prompt per call")
+    if filled + ids.shape[1] > capacity:
+        raise InputError(f"{filled} cached + {ids.shape[1]} new tokens exceed this {engine} bundle's KV capacity of "
+                         f"{capacity}", "shorten the prompt or re-export with a larger kv_capacity")
+
+
+def chunks(feeds: dict[str, np.ndarray], prefill_length: int, image_token: int) -> Iterator[Chunk]:
+    ids = np.asarray(feeds["input_ids"])
+    rows = np.asarray(feeds["image_embeds"])
+    deep = feeds.get("deepstack_embeds")
+    positions = np.asarray(feeds["position_ids"])
+    used = 0
+    for start in range(0, ids.shape[1], prefill_length):
+        part = ids[:, start : start + prefill_length]
+        single = part.shape[1] == 1
+        size = 1 if single else prefill_length
+        pad = size - part.shape[1]
+        step = {"input_ids": np.concatenate([np.full((1, pad), 0 if image_token else 1, ids.dtype), part], 1),
+                "position_ids": pad_positions(positions[..., start : start + size - pad], pad),
+                "image_embeds": image_slice(rows, used, size, axis=0)}
+        if deep is not None:
+            step["deepstack_embeds"] = image_slice(np.asarray(deep), used, size, axis=1)
+        used += int((part == image_token).sum())
+        yield Chunk(DECODE if single else f"{PREFILL_PREFIX}{prefill_length}", pad, size - pad, step)
+
+
+def pad_positions(positions: np.ndarray, pad: int) -> np.ndarray:
+    if not pad:
+        return positions
+    first = positions[..., :1]
+    return np.concatenate([np.broadcast_to(first, (*positions.shape[:-1], pad)), positions], axis=-1)
+
+
+def image_slice(rows: np.ndarray, start: int, size: int, axis: int) -> np.ndarray:
+    """``size`` rows along ``axis`` from ``start`` (the chunk's image rows, in order), padded by repeating the last
+    row; the graph only reads rows at image-token positions."""
+    taken = np.take(rows, np.arange(start, start + size).clip(max=rows.shape[axis] - 1), axis=axis)
+    return np.ascontiguousarray(taken, dtype=np.float32)
