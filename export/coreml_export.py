@@ -16,16 +16,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pocketvlm.export.hf_quiet import quiet_tool
 from pocketvlm.export.quantize import QuantSpec
 from pocketvlm.export.registry import ComponentDef
 from pocketvlm.runtime.errors import ExportError, QuantizationError
@@ -74,19 +71,9 @@ def _strip_aliases(program: Any) -> Any:
     return program
 
 
-@contextlib.contextmanager
 def _quiet() -> Any:
     """coremltools prints progress bars and version warnings; keep the CLI's output ours."""
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    return quiet_tool("coremltools")
 
 
 def _ct_dtype(dtype: Any) -> Any:

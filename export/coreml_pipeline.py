@@ -14,7 +14,7 @@ from pocketvlm.export import coreml_decoder, coreml_export
 from pocketvlm.export.checkpoint import Checkpoint
 from pocketvlm.export.quantize import QuantConfig, QuantSpec
 from pocketvlm.export.registry import ComponentDef, FamilySpec
-from pocketvlm.export.tflite_export import StaticShapes, prepare_metadata, static_examples
+from pocketvlm.export.tflite_export import StaticShapes, static_examples
 
 DECODER = "text_decoder"
 
@@ -22,18 +22,11 @@ DECODER = "text_decoder"
 def export_coreml(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
                   stagings: list[Path], quants: list[QuantConfig], say: Any, shapes: StaticShapes,
                   deployment_target: str, isolate: bool) -> list[dict[str, Any]]:
-    from pocketvlm.export.pipeline import _load, _manifest, _ticker
+    from pocketvlm.export.pipeline import _manifest, _ticker, load_static
 
     tick = _ticker(say, 2 + len(components) * (1 + len(stagings)))
-    tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
-    model = _load(family, checkpoint)
-    tick("writing tokenizer and preprocessing constants")
+    model, extras = load_static(checkpoint, family, stagings, shapes, tick)
     config = model.config
-    vision = getattr(config, "vision_config", None)
-    multiple = getattr(vision, "patch_size", 0) * getattr(vision, "spatial_merge_size", 0) or None
-    extras = [family.bundle_metadata(model, checkpoint.path, staging) for staging in stagings]
-    for extra in extras:
-        prepare_metadata(extra, shapes, multiple)
     feeds = {comp.name: next(iter(static_examples(comp, config, extras[0], shapes).values())) for comp in components
              if comp.name != DECODER}
     if isolate:  # each child loads its own copy: free this one first (peak memory is one component's conversion)

@@ -20,3 +20,23 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_tool(logger: str | None = None, stderr: bool = True) -> Iterator[None]:
+    """A converter's progress lines and warnings off the terminal: its Python logger (``None``: the root logger) at
+    ERROR, warnings ignored, stdout (and ``stderr``) captured; all restored on exit."""
+    import io
+    import logging
+    import warnings
+
+    handle = logging.getLogger(logger)
+    level = handle.level
+    handle.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                (contextlib.redirect_stderr(io.StringIO()) if stderr else contextlib.nullcontext()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        handle.setLevel(level)

@@ -247,21 +247,29 @@ def _ticker(say: Progress, steps: int) -> Progress:
     return tick
 
 
+def load_static(checkpoint: Checkpoint, family: FamilySpec, stagings: list[Path], shapes: StaticShapes,
+                tick: Progress) -> tuple[Any, list[dict[str, Any]]]:
+    """The model and each bundle's metadata for a static-shape target (LiteRT, Core ML): fixed image grid and a
+    tokenizer padded to max_length."""
+    tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
+    model = _load(family, checkpoint)
+    tick("writing tokenizer and preprocessing constants")
+    vision = getattr(model.config, "vision_config", None)
+    multiple = getattr(vision, "patch_size", 0) * getattr(vision, "spatial_merge_size", 0) or None
+    extras = [family.bundle_metadata(model, checkpoint.path, staging) for staging in stagings]
+    for extra in extras:
+        prepare_metadata(extra, shapes, multiple)
+    return model, extras
+
+
 def _export_tflite(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
                    stagings: list[Path], quants: list[QuantConfig], say: Progress,
                    shapes: StaticShapes, calibration: Calibration) -> list[dict[str, Any]]:
     """One fp32 ``.tflite`` per component (litert-torch), then ai-edge-quantizer per bundle (``calibration``: per
     component, signature name -> static feeds, for GPTQ)."""
     tick = _ticker(say, 2 + len(components) * (1 + len(stagings)))
-    tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
-    model = _load(family, checkpoint)
-    tick("writing tokenizer and preprocessing constants")
+    model, extras = load_static(checkpoint, family, stagings, shapes, tick)
     config = model.config
-    vision = getattr(config, "vision_config", None)
-    multiple = getattr(vision, "patch_size", 0) * getattr(vision, "spatial_merge_size", 0) or None
-    extras = [family.bundle_metadata(model, checkpoint.path, staging) for staging in stagings]
-    for extra in extras:
-        prepare_metadata(extra, shapes, multiple)
     scratch = stagings[0].with_name(stagings[0].name + "-fp32")
     scratch.mkdir()
     try:
