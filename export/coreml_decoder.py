@@ -146,7 +146,7 @@ def convert_decoder(model: Any, component: ComponentDef, directory: Path, prefil
         feeds = decoder_feeds(component, model.config, length, capacity)
         parts[name] = directory / f"{component.name}.{name}.mlpackage"
         try:
-            with _quiet(), torch.no_grad(), grouped_attention(model):
+            with _quiet(), torch.no_grad(), grouped_attention(model, fp16=True):
                 program = torch.export.export(module, (), feeds)
                 program = _strip_aliases(program.run_decompositions())
                 mlmodel = ct.convert(program, inputs=_ct_inputs(ct, feeds), states=states,

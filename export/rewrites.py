@@ -103,19 +103,37 @@ def grouped_query_attention(module: torch.nn.Module, query: torch.Tensor, key: t
     return output.transpose(1, 2).contiguous(), weights.reshape(batch, heads, steps, total)
 
 
+# fp16 graphs (Core ML): eager masks hold float32's minimum, which is -inf in fp16, so a query row with every key
+# masked (a padding token in a prompt's first chunk) softmaxes -inf - -inf = NaN, and the NaN spreads through its
+# keys and values to every row (0 * NaN). Clamped to this floor, such a row is uniform, as in float32 eager.
+FP16_MASK_FLOOR = -3.0e4
+GROUPED_ATTENTION_FP16 = "pocketvlm_grouped_fp16"
+
+
+def grouped_query_attention_fp16(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                                 value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float,
+                                 dropout: float = 0.0, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``grouped_query_attention`` with the additive mask clamped to ``FP16_MASK_FLOOR`` (fp16-safe)."""
+    if attention_mask is not None:
+        attention_mask = attention_mask.clamp(min=FP16_MASK_FLOOR)
+    return grouped_query_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
 @contextlib.contextmanager
-def grouped_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Export with ``grouped_query_attention`` wherever the model (or a sub-model's config) uses eager attention;
-    restores every config afterwards, so parity still compares against transformers' own eager attention."""
+def grouped_attention(model: torch.nn.Module, fp16: bool = False) -> Iterator[None]:
+    """Export with ``grouped_query_attention`` (``fp16``: its fp16-safe mask variant) wherever the model (or a
+    sub-model's config) uses eager attention; restores every config afterwards, so parity still compares against
+    transformers' own eager attention."""
     from transformers import AttentionInterface, PretrainedConfig
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-    AttentionInterface.register(GROUPED_ATTENTION, grouped_query_attention)
-    AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)  # masks are built per implementation: eager's
+    name = GROUPED_ATTENTION_FP16 if fp16 else GROUPED_ATTENTION
+    AttentionInterface.register(name, grouped_query_attention_fp16 if fp16 else grouped_query_attention)
+    AttentionMaskInterface.register(name, eager_mask)  # masks are built per implementation: eager's
     configs = {id(c): c for m in model.modules() for c in (getattr(m, "config", None),)
                if isinstance(c, PretrainedConfig) and c._attn_implementation == "eager"}
     for config in configs.values():
-        config._attn_implementation = GROUPED_ATTENTION
+        config._attn_implementation = name
     try:
         yield
     finally:
