@@ -92,30 +92,43 @@ def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -
 
 
 def coreml_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -> dict[str, Path]:
-    """Core ML bundles of ``checkpoint`` (fp16 / int8 / int4 / palette4), exported together when any is missing or
-    stale; evaluated off macOS with pocketvlm's reference evaluator (graph and weights, not device numerics)."""
+    """Core ML bundles of ``checkpoint`` (fp16 / int8 / int4 / palette4, and ``int4-gptq``: int4 with pocketvlm's
+    GPTQ calibrated on feeds recorded through the demo's fp32 ONNX bundle), exported when missing or stale;
+    evaluated off macOS with pocketvlm's reference evaluator (graph and weights, not device numerics)."""
     from pocketvlm.export.checkpoint import read_checkpoint
     from pocketvlm.export.pipeline import export_bundles
-    from pocketvlm.export.quantize import QuantConfig
+    from pocketvlm.export.quantize import QuantConfig, QuantSpec
     from pocketvlm.runtime.errors import BundleError
     from pocketvlm.runtime.manifest import load_bundle
 
     source = read_checkpoint(checkpoint)
-    plan = {q: cache / "bundles" / f"{name}-coreml-{q}" for q in ("fp16", "int8", "int4", "palette4") if q in wanted}
+    names = ("fp16", "int8", "int4", "palette4", "int4-gptq")
+    plan = {q: cache / "bundles" / f"{name}-coreml-{q}" for q in names if q in wanted}
+    recipes = {q: QuantConfig(QuantSpec(method="int4", gptq=True)) if q == "int4-gptq" else QuantConfig.parse(q)
+               for q in plan}
     stale = []
     for quant, out in plan.items():
         try:
             manifest = load_bundle(out).manifest
             if (manifest["source"]["weights_sha256"] == source.weights_sha256()
-                    and manifest["quantization"] == QuantConfig.parse(quant).to_json()):
+                    and manifest["quantization"] == recipes[quant].to_json()):
                 continue
         except BundleError:
             pass
         stale.append(quant)
-    if stale:
-        say(f"exporting {name} Core ML bundles: {', '.join(stale)}")
-        export_bundles(checkpoint, [(plan[q], QuantConfig.parse(q)) for q in stale], target="coreml", progress=say,
+    plain = [q for q in stale if not recipes[q].uses_gptq]
+    if plain:
+        say(f"exporting {name} Core ML bundles: {', '.join(plain)}")
+        export_bundles(checkpoint, [(plan[q], recipes[q]) for q in plain], target="coreml", progress=say,
                        shapes=SHAPES)
+    if "int4-gptq" in stale:
+        fp32 = model_bundles(checkpoint, cache, name, say)[0]["fp32"]
+        say(f"recording GPTQ calibration feeds through {fp32.name}")
+        feeds = captioner.calibration_feeds(fp32, images=16) if name == "shapes-captioner" else None
+        if feeds is None:
+            raise SystemExit("int4-gptq rows are for the captioner (CLIP's int4 keeps its accuracy without GPTQ)")
+        export_bundles(checkpoint, [(plan["int4-gptq"], recipes["int4-gptq"])], target="coreml", progress=say,
+                       shapes=SHAPES, calibration=feeds)
     return plan
 
 
@@ -126,7 +139,7 @@ def main() -> None:
     parser.add_argument("--models", default="shapes-clip,shapes-captioner")
     parser.add_argument("--rows", default="pytorch,fp32,int8,int4", help="which rows to evaluate")
     parser.add_argument("--target", choices=("onnx", "tflite", "coreml"), default="onnx",
-                        help="coreml rows: fp16,int8,int4,palette4")
+                        help="coreml rows: fp16,int8,int4,palette4,int4-gptq")
     parser.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (0: all cores)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "shapes_eval.json")
     args = parser.parse_args()

@@ -41,7 +41,7 @@ def check_coreml_spec(spec: QuantSpec, component: str, deployment_target: str = 
         raise QuantizationError(f"unknown deployment target '{deployment_target}'",
                                 f"use one of {', '.join(DEPLOYMENT_TARGETS)}")
     defaults = QuantSpec(method=spec.method).resolved(component)
-    for name in ("symmetric", "accuracy_level", "int8_weight_only", "gptq"):
+    for name in ("symmetric", "accuracy_level", "int8_weight_only"):
         if getattr(spec, name) != getattr(defaults, name):
             raise QuantizationError(f"quantization setting '{name}' is not available for --target coreml "
                                     f"({component})", f"drop '{name}' from the config for --target coreml")
@@ -51,6 +51,8 @@ def check_coreml_spec(spec: QuantSpec, component: str, deployment_target: str = 
     if spec.method == "palette4" and deployment_target != "iOS18":
         raise QuantizationError(f"grouped palette4 needs iOS 18; the deployment target is {deployment_target}",
                                 "use --deployment-target iOS18, or int8 for older iOS")
+    if spec.gptq and spec.method != "int4":
+        raise QuantizationError(f"gptq applies to int4, not {spec.method} ({component})", "drop gptq or use int4")
     if spec.method == "fp32":
         raise QuantizationError(f"{component}: fp32 is not a Core ML method here (mlprograms compute in fp16 on the "
                                 "Neural Engine and GPU)", "use fp16, int8, int4 or palette4 for --target coreml")
@@ -206,9 +208,10 @@ def quant_record(spec: QuantSpec, done: dict[str, Any]) -> dict[str, Any]:
                                              "(constexpr_blockwise_shift_scale)",
                 "activations": "float16", "embedding_bits": 8, **eight}
     if spec.method == "int4":
-        return {"method": "int4", "weights": f"int4 linear symmetric, per block of {spec.block_size} input channels "
-                                             "(constexpr_blockwise_shift_scale, iOS 18)",
-                "activations": "float16", "block_size": spec.block_size, "embedding_bits": 8,
+        rounding = "GPTQ-calibrated (pocketvlm)" if spec.gptq else "min-max scales, round to nearest (coremltools)"
+        return {"method": "int4", "weights": f"int4 linear symmetric, per block of {spec.block_size} input channels, "
+                                             f"{rounding} (constexpr_blockwise_shift_scale, iOS 18)",
+                "activations": "float16", "block_size": spec.block_size, "embedding_bits": 8, "gptq": spec.gptq,
                 "first_layer_bits": spec.first_layer_bits, "last_layer_bits": spec.last_layer_bits, **eight}
     return {"method": "palette4", "weights": f"4-bit k-means palettes, one per {PALETTE_GROUP} output channels "
                                              "(constexpr_lut_to_dense, iOS 18)",

@@ -10,23 +10,31 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pocketvlm.export import coreml_decoder, coreml_export
+from pocketvlm.export import coreml_decoder, coreml_export, coreml_gptq
 from pocketvlm.export.checkpoint import Checkpoint
 from pocketvlm.export.quantize import QuantConfig, QuantSpec
 from pocketvlm.export.registry import ComponentDef, FamilySpec
 from pocketvlm.export.tflite_export import StaticShapes, static_examples
+from pocketvlm.runtime.errors import QuantizationError
 
 DECODER = "text_decoder"
 
 
 def export_coreml(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
                   stagings: list[Path], quants: list[QuantConfig], say: Any, shapes: StaticShapes,
-                  deployment_target: str, isolate: bool) -> list[dict[str, Any]]:
+                  deployment_target: str, isolate: bool, calibration: Any = None) -> list[dict[str, Any]]:
+    """``calibration``: component name -> feeds recorded through an fp32 bundle (``gptq.FeedRecorder``), for the
+    components whose spec asks for GPTQ (``coreml_gptq``)."""
     from pocketvlm.export.pipeline import _manifest, _ticker, load_static
 
-    tick = _ticker(say, 2 + len(components) * (1 + len(stagings)))
+    calibrated = sorted(set().union(*(q.gptq_components(tuple(c.name for c in components)) for q in quants)))
+    tick = _ticker(say, 2 + len(components) * (1 + len(stagings)) + len(calibrated))
     model, extras = load_static(checkpoint, family, stagings, shapes, tick)
     config = model.config
+    gptq = {}
+    for comp in (c for c in components if c.name in calibrated):
+        tick(f"collecting GPTQ Hessians of {comp.name} on {len(calibration[comp.name])} calibration feeds")
+        gptq[comp.name] = coreml_gptq.calibrate(model, comp, calibration[comp.name])
     feeds = {comp.name: next(iter(static_examples(comp, config, extras[0], shapes).values())) for comp in components
              if comp.name != DECODER}
     if isolate:  # each child loads its own copy: free this one first (peak memory is one component's conversion)
@@ -46,11 +54,13 @@ def export_coreml(checkpoint: Checkpoint, family: FamilySpec, components: tuple[
                 spec = quant.for_component(comp.name)
                 tick(f"compressing {comp.name} ({spec.method}) into {staging.name.split('.partial-')[0][1:]}")
                 final = staging / f"{comp.name}.mlpackage"
+                rewrite = gptq.get(comp.name) if spec.gptq else None
                 if comp.name == DECODER:
                     records[comp.name] = _decoder_record(comp, config, scratch, final, spec, shapes, extra,
-                                                         deployment_target)
+                                                         deployment_target, rewrite)
                     continue
                 done = coreml_export.compress_package(scratch / f"{comp.name}.mlpackage", final, spec)
+                _apply_gptq(final, rewrite, spec)
                 records[comp.name] = coreml_export.component_record(comp, config, final, spec, done, feeds[comp.name],
                                                                     deployment_target)
             manifests.append(_manifest(checkpoint, family, quant, "coreml", config, extra, records, staging))
@@ -77,8 +87,18 @@ def _convert(model: Any, checkpoint: Checkpoint, family: FamilySpec, comp: Compo
         coreml_export.convert_component(model, comp, path, feeds or {}, deployment_target)
 
 
+def _apply_gptq(package: Path, rewrite: dict[str, Any] | None, spec: QuantSpec) -> None:
+    if rewrite is None:
+        return
+    done = coreml_gptq.rewrite_int4(package, rewrite["weights"], rewrite["hessians"], spec.block_size)
+    if not done:
+        raise QuantizationError(f"GPTQ found no int4 weight to rewrite in {package.name}",
+                                "check that the component has Linear layers above coremltools' size threshold")
+
+
 def _decoder_record(comp: ComponentDef, config: Any, scratch: Path, final: Path, spec: QuantSpec,
-                    shapes: StaticShapes, extra: dict[str, Any], deployment_target: str) -> dict[str, Any]:
+                    shapes: StaticShapes, extra: dict[str, Any], deployment_target: str,
+                    rewrite: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compress each function's package, merge them into one multifunction package, and describe it."""
     names = coreml_decoder.function_names(shapes.prefill_length)
     parts: dict[str, Path] = {}
@@ -88,6 +108,7 @@ def _decoder_record(comp: ComponentDef, config: Any, scratch: Path, final: Path,
             parts[name] = final.with_name(f".{name}.{final.name}")
             with coreml_decoder.without_broken_state_pass():
                 done = coreml_export.compress_package(scratch / f"{comp.name}.{name}.mlpackage", parts[name], spec)
+            _apply_gptq(parts[name], rewrite, spec)
         coreml_decoder.merge_functions(parts, final)
     finally:
         for part in parts.values():

@@ -196,7 +196,7 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
         with quiet_transformers():
             if target == "coreml":
                 manifests = _export_coreml(checkpoint, family, components, stagings, [q for _, q in plan], say,
-                                           shapes or StaticShapes(), deployment_target, isolate)
+                                           shapes or StaticShapes(), deployment_target, isolate, calibration or {})
             elif target == "tflite":
                 manifests = _export_tflite(checkpoint, family, components, stagings, [q for _, q in plan], say,
                                            shapes or StaticShapes(), calibration or {})
@@ -300,10 +300,11 @@ def _export_tflite(checkpoint: Checkpoint, family: FamilySpec, components: tuple
 
 def _export_coreml(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
                    stagings: list[Path], quants: list[QuantConfig], say: Progress, shapes: StaticShapes,
-                   deployment_target: str, isolate: bool) -> list[dict[str, Any]]:
+                   deployment_target: str, isolate: bool, calibration: Calibration) -> list[dict[str, Any]]:
     from pocketvlm.export.coreml_pipeline import export_coreml
 
-    return export_coreml(checkpoint, family, components, stagings, quants, say, shapes, deployment_target, isolate)
+    return export_coreml(checkpoint, family, components, stagings, quants, say, shapes, deployment_target, isolate,
+                         calibration)
 
 
 def _export_into(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],

@@ -362,3 +362,50 @@ def test_cli_refuses_and_runtime_explains_off_macos(workspace, tmp_path, capsys)
                      "--out", str(tmp_path / "e.npy")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "Core ML runs only on macOS" in err[0]
+
+
+def test_gptq_int4_rewrites_coremltools_codes(workspace, photos):
+    """GPTQ for Core ML int4: calibrated on feeds recorded through the fp32 ONNX bundle, its codes and scales replace
+    coremltools' round-to-nearest ones in weight.bin; the evaluator decompresses exactly GPTQ's weights, and the
+    decoder's logits move closer to PyTorch's than round-to-nearest's."""
+    from pocketvlm.export.coreml_gptq import calibrate
+    from pocketvlm.export.gptq import FeedRecorder, gptq_quantize
+    from pocketvlm.export.int4 import dequantize_blocks
+    from pocketvlm.export.mil_ops import OPS
+    from pocketvlm.export.quantize import QuantSpec
+    from pocketvlm.runtime.generation import GenerationConfig
+    from pocketvlm.runtime.vlm import VisionLanguageModel
+
+    checkpoint = workspace.checkpoint("idefics3", "fp16")
+    runner = VisionLanguageModel.load(workspace.bundle("idefics3", "fp32", "fp16"))
+    recorder = FeedRecorder(runner.sessions["text_decoder"])
+    runner.sessions["text_decoder"] = recorder
+    for name in ("chelsea", "coins", "rocket", "page"):
+        runner.generate(photos[name], config=GenerationConfig(max_new_tokens=6))
+    gptq = QuantConfig(QuantSpec(method="fp16"), {"text_decoder": QuantSpec(method="int4", gptq=True)})
+    out = export_bundles(checkpoint, [(workspace.root / "coreml-idefics3-gptq", gptq)], target="coreml",
+                         isolate=False, shapes=DEFAULT_SHAPES, calibration={"text_decoder": recorder.feeds})[0]
+    assert "GPTQ" in load_bundle(out).manifest["components"]["text_decoder"]["quantization"]["weights"]
+    # one layer, decompressed by the evaluator, against GPTQ's own dequantization
+    program = MILProgram(out / "text_decoder.mlpackage", "decode")
+    model = families()["idefics3"].load_model(checkpoint)
+    reference = calibrate(model, families()["idefics3"].component("text_decoder"), recorder.feeds)
+    weights = reference["weights"]
+    op = next(o for o in program.block.operations if o.type == "constexpr_blockwise_shift_scale"
+              and "layers_1_mlp_down_proj" in o.outputs[0].name)
+    args = {k: program._argument(v.arguments[0], {}) for k, v in op.inputs.items()}
+    decompressed = OPS[op.type](**args)
+    name = next(n for n in weights if op.outputs[0].name.startswith(n))
+    assert np.asarray(args["data"]).dtype == np.int8 and np.asarray(args["data"]).min() >= -8
+    rtn = load_bundle(coreml_vlm(workspace, "idefics3", "int4"))
+    rtn_program = MILProgram(rtn.file("text_decoder.mlpackage"), "decode")
+    rtn_op = next(o for o in rtn_program.block.operations if o.outputs[0].name == op.outputs[0].name)
+    rtn_data = rtn_program._argument(rtn_op.inputs["data"].arguments[0], {})
+    assert (np.asarray(rtn_data) != np.asarray(args["data"])).any()  # the codes were rewritten
+    packed, scales, _ = gptq_quantize(weights[name].T, reference["hessians"][name], 32)
+    expected = dequantize_blocks(packed, scales.astype(np.float16).astype(np.float32), weights[name].shape[1]).T
+    np.testing.assert_allclose(decompressed, expected, rtol=2e-3, atol=1e-6)
+    subset = {k: photos[k] for k in ("astronaut", "camera", "coffee")}
+    ours = vlm_parity(out, checkpoint, photos=subset, steps=9)["photos"]
+    theirs = vlm_parity(rtn.path, checkpoint, photos=subset, steps=9)["photos"]
+    assert np.mean([r["logits"]["cosine_min"] for r in ours]) > np.mean([r["logits"]["cosine_min"] for r in theirs])
