@@ -342,9 +342,14 @@ def test_unsupported_settings_are_refused_by_name(workspace, tmp_path, quant, ta
 def test_onnx_only_settings_and_palette_on_other_targets_are_refused(workspace, tmp_path):
     from pocketvlm.export.pipeline import export_bundle
 
-    gptq = tmp_path / "q.json"
+    zero_points = tmp_path / "q.json"
+    zero_points.write_text(json.dumps({"default": {"method": "int4", "symmetric": False}}))
+    with pytest.raises(errors.QuantizationError, match="'symmetric' is not available for --target coreml"):
+        export_bundle(workspace.checkpoint("clip"), tmp_path / "b", target="coreml",
+                      quant=QuantConfig.parse(str(zero_points)))
+    gptq = tmp_path / "g.json"
     gptq.write_text(json.dumps({"default": {"method": "int4", "gptq": True}}))
-    with pytest.raises(errors.QuantizationError, match="'gptq' is not available for --target coreml"):
+    with pytest.raises(errors.QuantizationError, match="no calibration feeds"):
         export_bundle(workspace.checkpoint("clip"), tmp_path / "b", target="coreml", quant=QuantConfig.parse(str(gptq)))
     with pytest.raises(errors.QuantizationError, match="palette4 .* is a Core ML method"):
         export_bundle(workspace.checkpoint("clip"), tmp_path / "c", quant=QuantConfig.parse("palette4"))
