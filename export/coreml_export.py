@@ -242,6 +242,14 @@ def _convert_in_child(job: Path) -> int:
 
     spec = json.loads(job.read_text(encoding="utf-8"))
     try:
+        if spec.get("compress"):
+            from pocketvlm.export.coreml_decoder import without_broken_state_pass
+
+            task = spec["compress"]
+            with without_broken_state_pass():
+                done = compress_package(Path(task["source"]), Path(task["target"]), QuantSpec(**task["spec"]))
+            job.with_suffix(".done").write_text(json.dumps(done), encoding="utf-8")
+            return 0
         family = get_family(spec["family"])
         with quiet_transformers():
             model = family.load_model(Path(spec["checkpoint"]))
@@ -261,12 +269,28 @@ def _convert_in_child(job: Path) -> int:
     return 0
 
 
+def compress_isolated(source: Path, target: Path, spec: QuantSpec) -> dict[str, Any]:
+    """``compress_package`` in a fresh process: coremltools holds the whole program and its quantized copies while
+    it compresses, and a long-lived parent would keep that memory after each component."""
+    from dataclasses import asdict
+
+    return _run_child({"compress": {"source": str(source), "target": str(target), "spec": asdict(spec)}}, {},
+                      target.name)
+
+
 def convert_isolated(checkpoint_dir: Path, family_name: str, component: str, path: Path,
                      feeds: dict[str, Any], deployment_target: str = DEFAULT_TARGET,
                      decoder: dict[str, int] | None = None) -> None:
     """``convert_component`` (or, with ``decoder`` = {prefill_length, capacity}, ``coreml_decoder.convert_decoder``
     into the directory ``path``) in a fresh Python process that loads the checkpoint itself, so the parent holds no
     torch weights while coremltools converts (errors come back as the same typed errors)."""
+    _run_child({"checkpoint": str(checkpoint_dir), "family": family_name, "component": component, "path": str(path),
+                "deployment_target": deployment_target, "decoder": decoder}, feeds, component)
+
+
+def _run_child(job_spec: dict[str, Any], feeds: dict[str, Any], what: str) -> dict[str, Any]:
+    """Run one conversion or compression job in ``python -m pocketvlm.export.coreml_export``; typed errors come back
+    as raised, a crash (e.g. the kernel's OOM killer) as an ExportError naming the job."""
     import json
     import subprocess
     import sys
@@ -274,9 +298,7 @@ def convert_isolated(checkpoint_dir: Path, family_name: str, component: str, pat
 
     with tempfile.TemporaryDirectory(prefix="pocketvlm-coreml-") as tmp:
         job = Path(tmp) / "job.json"
-        job.write_text(json.dumps({"checkpoint": str(checkpoint_dir), "family": family_name, "component": component,
-                                   "path": str(path), "deployment_target": deployment_target,
-                                   "decoder": decoder}), encoding="utf-8")
+        job.write_text(json.dumps(job_spec), encoding="utf-8")
         np.savez(job.with_suffix(".npz"), **{k: v.numpy() if hasattr(v, "numpy") else np.asarray(v)
                                              for k, v in feeds.items()})
         result = subprocess.run([sys.executable, "-m", "pocketvlm.export.coreml_export", str(job)],
@@ -286,9 +308,11 @@ def convert_isolated(checkpoint_dir: Path, family_name: str, component: str, pat
             raise ExportError(error["problem"], error["fix"])
         if result.returncode != 0:
             lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-            raise ExportError(f"the Core ML conversion process for {component} died (exit {result.returncode}): "
+            raise ExportError(f"the Core ML process for {what} died (exit {result.returncode}): "
                               f"{lines[-1][:300] if lines else 'no message'}",
                               "check free memory; re-run with --progress to see which component")
+        done = job.with_suffix(".done")
+        return json.loads(done.read_text(encoding="utf-8")) if done.is_file() else {}
 
 
 def component_record(component: ComponentDef, config: Any, path: Path, spec: QuantSpec, done: dict[str, Any],

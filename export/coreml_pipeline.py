@@ -57,9 +57,9 @@ def export_coreml(checkpoint: Checkpoint, family: FamilySpec, components: tuple[
                 rewrite = gptq.get(comp.name) if spec.gptq else None
                 if comp.name == DECODER:
                     records[comp.name] = _decoder_record(comp, config, scratch, final, spec, shapes, extra,
-                                                         deployment_target, rewrite)
+                                                         deployment_target, rewrite, isolate)
                     continue
-                done = coreml_export.compress_package(scratch / f"{comp.name}.mlpackage", final, spec)
+                done = _compress(scratch / f"{comp.name}.mlpackage", final, spec, isolate)
                 _apply_gptq(final, rewrite, spec)
                 records[comp.name] = coreml_export.component_record(comp, config, final, spec, done, feeds[comp.name],
                                                                     deployment_target)
@@ -87,6 +87,13 @@ def _convert(model: Any, checkpoint: Checkpoint, family: FamilySpec, comp: Compo
         coreml_export.convert_component(model, comp, path, feeds or {}, deployment_target)
 
 
+def _compress(source: Path, target: Path, spec: QuantSpec, isolate: bool) -> dict[str, Any]:
+    if isolate:
+        return coreml_export.compress_isolated(source, target, spec)
+    with coreml_decoder.without_broken_state_pass():  # only stateful programs need it; harmless elsewhere
+        return coreml_export.compress_package(source, target, spec)
+
+
 def _apply_gptq(package: Path, rewrite: dict[str, Any] | None, spec: QuantSpec) -> None:
     if rewrite is None:
         return
@@ -98,7 +105,7 @@ def _apply_gptq(package: Path, rewrite: dict[str, Any] | None, spec: QuantSpec) 
 
 def _decoder_record(comp: ComponentDef, config: Any, scratch: Path, final: Path, spec: QuantSpec,
                     shapes: StaticShapes, extra: dict[str, Any], deployment_target: str,
-                    rewrite: dict[str, Any] | None = None) -> dict[str, Any]:
+                    rewrite: dict[str, Any] | None = None, isolate: bool = False) -> dict[str, Any]:
     """Compress each function's package, merge them into one multifunction package, and describe it."""
     names = coreml_decoder.function_names(shapes.prefill_length)
     parts: dict[str, Path] = {}
@@ -106,8 +113,7 @@ def _decoder_record(comp: ComponentDef, config: Any, scratch: Path, final: Path,
     try:
         for name in names:
             parts[name] = final.with_name(f".{name}.{final.name}")
-            with coreml_decoder.without_broken_state_pass():
-                done = coreml_export.compress_package(scratch / f"{comp.name}.{name}.mlpackage", parts[name], spec)
+            done = _compress(scratch / f"{comp.name}.{name}.mlpackage", parts[name], spec, isolate)
             _apply_gptq(parts[name], rewrite, spec)
         coreml_decoder.merge_functions(parts, final)
     finally:
