@@ -127,6 +127,31 @@ def test_unsupported_tflite_requests_name_the_setting(workspace, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_int4_recipe_keeps_the_first_and_last_weight_layers_at_8_bits(workspace):
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
+
+    from pocketvlm.export.quantize import QuantSpec
+    from pocketvlm.export.tflite_export import check_tflite_spec, tflite_recipe
+
+    bundle_dir = tflite_bundle(workspace, "idefics3", "int4", "standard")
+    record = load_bundle(bundle_dir).manifest["components"]["text_decoder"]["quantization"]
+    assert record["first_layer_bits"] == record["last_layer_bits"] == 8
+    assert "reading the input of the first and of the last one" in record["weights"]
+    model = flatbuffer.read_model(str(bundle_dir / "text_decoder.tflite"))
+    for graph in model.subgraphs:  # prefill and decode: same weights, same widths
+        widths = [flatbuffer.TENSOR_CODE_TO_TYPE[graph.tensors[op.inputs[1]].type] for op in graph.operators
+                  if flatbuffer.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
+                  == "FULLY_CONNECTED"]
+        # layer 0's q, k, v projections (one input), ..., layer N-1's down projection, then the LM head
+        assert widths[:3] == ["INT8"] * 3 and widths[-2:] == ["INT8"] * 2, (graph.name, widths)
+        assert set(widths[3:-2]) == {"INT4"}, (graph.name, widths)
+    # 4 asks for the layer in int4 like the rest: only the other edge gets an int8 entry in the recipe
+    check_tflite_spec(QuantSpec(method="int4", first_layer_bits=4).resolved("text_decoder"), "text_decoder")
+    regexes = [entry["regex"] for entry in tflite_recipe(QuantSpec(method="int4", first_layer_bits=4),
+                                                         edges=("FIRST", "LAST"))]
+    assert "LAST" in regexes and "FIRST" not in regexes
+
+
 def test_cli_tflite_export_and_bad_shapes_file(workspace, tmp_path, capsys):
     from pocketvlm.cli.main import main
 
