@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--rows", default="pytorch,fp32,int8,int4", help="which rows to evaluate")
     parser.add_argument("--target", choices=("onnx", "tflite", "coreml"), default="onnx",
                         help="coreml rows: fp16,int8,int4,palette4,int4-gptq")
+    parser.add_argument("--no-vqa", action="store_true", help="captions only (the VQA pass doubles the time)")
     parser.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (0: all cores)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "shapes_eval.json")
     args = parser.parse_args()
@@ -182,7 +183,8 @@ def main() -> None:
             for quant, bundle in bundles.items():
                 say(f"{name} {quant}")
                 rows[f"{args.target}-{quant}"] = {**evaluate_captioner(BundleCaptioner(bundle, args.threads),
-                                                                       samples, say, examples=10),
+                                                                       samples, say, examples=10,
+                                                                       vqa=not args.no_vqa),
                                          "manifest_sha256": manifest_sha(bundle),
                                          "quantization": json.loads((bundle / "manifest.json").read_text())[
                                              "quantization"]}

@@ -147,6 +147,7 @@ class MILProgram:
         self._blobs: dict[str, BlobFile] = {}
         self._weights_dir = data / "weights"
         self._constants: dict[str, Any] = {}
+        self._blob_values: dict[tuple[str, int], np.ndarray] = {}
         self._check_ops()
 
     @property
@@ -182,7 +183,10 @@ class MILProgram:
         spec = _tensor_spec("constant", value.type)
         if value.WhichOneof("value") == "blobFileValue":
             blob = value.blobFileValue
-            return self._blob(blob.fileName).read(int(blob.offset), spec.dtype, spec.shape)
+            key = (blob.fileName, int(blob.offset))
+            if key not in self._blob_values:  # weights passed inline to constexpr ops: read (and unpack) once
+                self._blob_values[key] = self._blob(blob.fileName).read(int(blob.offset), spec.dtype, spec.shape)
+            return self._blob_values[key]
         tensor = value.immediateValue.tensor
         field = tensor.WhichOneof("value")
         if field == "strings":
@@ -245,7 +249,7 @@ class MILProgram:
         if kind == "const":
             name = operation.outputs[0].name
             if name not in self._constants:
-                self._constants[name] = self._value(operation.attributes["val"])
+                self._constants[name] = _compute_copy(self._value(operation.attributes["val"]))
             env[name] = self._constants[name]
             return
         args: dict[str, Any] = {}
@@ -264,8 +268,9 @@ class MILProgram:
         else:
             constexpr = kind.startswith("constexpr_")
             cached = operation.outputs[0].name in self._constants if constexpr else False
-            if cached:
-                result = self._constants[operation.outputs[0].name]
+            if cached:  # decompressed once; kept as its exact float32 copy (no cast back per call)
+                env[operation.outputs[0].name] = self._constants[operation.outputs[0].name]
+                return
             else:
                 try:
                     result = OPS[kind](**args)
@@ -283,7 +288,14 @@ class MILProgram:
                     array = array.astype(_NUMPY[spec.dtype])
             env[output.name] = array
             if output.name in self._constants and self._constants[output.name] is None:
-                self._constants[output.name] = array
+                self._constants[output.name] = array = _compute_copy(array)
+
+
+def _compute_copy(value: Any) -> Any:
+    """Constants are kept as float32 copies of their fp16 values (exact), so ops do not convert weights per call."""
+    if isinstance(value, np.ndarray) and value.dtype == np.float16:
+        return value.astype(np.float32)
+    return value
 
 
 @dataclass(frozen=True)
