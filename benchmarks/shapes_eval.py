@@ -93,7 +93,8 @@ def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -
 
 def coreml_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -> dict[str, Path]:
     """Core ML bundles of ``checkpoint`` (fp16 / int8 / int4 / palette4, and ``int4-gptq``: int4 with pocketvlm's
-    GPTQ calibrated on feeds recorded through the demo's fp32 ONNX bundle), exported when missing or stale;
+    GPTQ on the text_decoder, calibrated on feeds recorded through the demo's fp32 ONNX bundle), exported when
+    missing or stale;
     evaluated off macOS with pocketvlm's reference evaluator (graph and weights, not device numerics)."""
     from pocketvlm.export.checkpoint import read_checkpoint
     from pocketvlm.export.pipeline import export_bundles
@@ -104,8 +105,10 @@ def coreml_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -
     source = read_checkpoint(checkpoint)
     names = ("fp16", "int8", "int4", "palette4", "int4-gptq")
     plan = {q: cache / "bundles" / f"{name}-coreml-{q}" for q in names if q in wanted}
-    recipes = {q: QuantConfig(QuantSpec(method="int4", gptq=True)) if q == "int4-gptq" else QuantConfig.parse(q)
-               for q in plan}
+    # GPTQ on the decoder (the real SmolLM2, which round-to-nearest int4 breaks); the vision side stays coremltools'
+    # round-to-nearest int4
+    gptq = QuantConfig(QuantSpec(method="int4"), {"text_decoder": QuantSpec(method="int4", gptq=True)})
+    recipes = {q: gptq if q == "int4-gptq" else QuantConfig.parse(q) for q in plan}
     stale = []
     for quant, out in plan.items():
         try:

@@ -87,7 +87,7 @@ def ane_risks(package: Path) -> list[dict[str, Any]]:
     and a suggested change."""
     programs = [MILProgram(package, name) for name in function_names(package)]
     findings: list[dict[str, Any]] = []
-    per_block, integer_ops, big_dims, high_rank = Counter(), Counter(), Counter(), Counter()
+    per_block, integer_ops, big_dims, high_rank, float32_ops = Counter(), Counter(), Counter(), Counter(), Counter()
     program = programs[0]
     for operation in (op for p in programs for op in p.block.operations):
         if operation.type == "const":
@@ -107,6 +107,8 @@ def ane_risks(package: Path) -> list[dict[str, Any]]:
             dtype, shape = _dims(output.type)
             if dtype in INTEGER_TYPES and operation.type not in ("read_state",):
                 integer_ops[operation.type] += 1
+            if dtype == "FLOAT32" and operation.type != "cast":
+                float32_ops[operation.type] += 1
             if any(d > ANE_MAX_DIM for d in shape):
                 big_dims[operation.type] += 1
             if len(shape) > ANE_MAX_RANK:
@@ -129,6 +131,15 @@ def ane_risks(package: Path) -> list[dict[str, Any]]:
                    "indices, argmax) run on the CPU, splitting the graph into ANE and CPU segments",
             "suggestion": "precompute index and mask tensors in the runtime and feed them as fp16 inputs, or accept "
                           "the CPU segments (small when these ops are at the graph's edges)",
+        })
+    if float32_ops:
+        findings.append({
+            "risk": "float32 compute",
+            "where": dict(float32_ops),
+            "why": "the ANE computes in fp16 only: these ops (normalisation statistics kept in float32 so that x * x "
+                   "cannot overflow fp16 on a large residual stream) run on the GPU or CPU",
+            "suggestion": "accept the split (a few small ops per layer), or bound the residual stream (e.g. scale "
+                          "it before the norm) and export those ops in fp16",
         })
     if big_dims:
         findings.append({

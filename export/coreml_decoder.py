@@ -130,7 +130,7 @@ def convert_decoder(model: Any, component: ComponentDef, directory: Path, prefil
     ``merge_functions``. Returns function name -> package."""
     import torch
 
-    from pocketvlm.export.coreml_export import _quiet, _strip_aliases
+    from pocketvlm.export.coreml_export import _quiet, _strip_aliases, compute_precision
     from pocketvlm.export.rewrites import grouped_attention
 
     if deployment_target != "iOS18":
@@ -152,7 +152,7 @@ def convert_decoder(model: Any, component: ComponentDef, directory: Path, prefil
                 mlmodel = ct.convert(program, inputs=_ct_inputs(ct, feeds), states=states,
                                      outputs=[ct.TensorType(name="logits", dtype=np.float32)],
                                      minimum_deployment_target=ct.target.iOS18,
-                                     compute_precision=ct.precision.FLOAT16, skip_model_load=True,
+                                     compute_precision=compute_precision(ct), skip_model_load=True,
                                      pass_pipeline=_pipeline(ct))
                 mlmodel.save(str(parts[name]))
                 del mlmodel, program

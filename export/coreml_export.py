@@ -78,6 +78,26 @@ def _quiet() -> Any:
     return quiet_tool("coremltools")
 
 
+# Normalisation statistics stay in float32: a decoder's residual stream can exceed fp16's square root (SmolLM2-135M
+# reaches 25,600 here), so x * x overflows fp16 (65,504) inside RMSNorm and the row normalises to zero. These ops,
+# and the add / mul that consume their result, compute in float32; everything else in fp16.
+FP32_OPS = ("pow", "reduce_mean", "reduce_sum_square", "rsqrt", "sqrt", "real_div", "inverse")
+
+
+def keep_fp16(op: Any) -> bool:
+    """coremltools' ``op_selector``: False keeps an op in float32 (see ``FP32_OPS``)."""
+    if op.op_type in FP32_OPS:
+        return False
+    if op.op_type in ("add", "mul"):
+        producers = [getattr(getattr(v, "op", None), "op_type", None) for v in op.inputs.values()]
+        return not any(p in ("reduce_mean", "rsqrt", "reduce_sum_square", "sqrt") for p in producers)
+    return True
+
+
+def compute_precision(ct: Any) -> Any:
+    return ct.transform.FP16ComputePrecision(op_selector=keep_fp16)
+
+
 def _ct_dtype(dtype: Any) -> Any:
     import torch
 
@@ -111,7 +131,7 @@ def convert_component(model: Any, component: ComponentDef, path: Path, feeds: di
             outputs = [ct.TensorType(name=t.name, dtype=np.float32) for t in out_defs]
             mlmodel = ct.convert(program, inputs=inputs, outputs=outputs, convert_to="mlprogram",
                                  minimum_deployment_target=getattr(ct.target, deployment_target),
-                                 compute_precision=ct.precision.FLOAT16, skip_model_load=True)
+                                 compute_precision=compute_precision(ct), skip_model_load=True)
             mlmodel.save(str(path))
     except Exception as exc:  # torch.export and coremltools raise many types (NotImplementedError for unknown ops)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

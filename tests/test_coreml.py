@@ -414,3 +414,23 @@ def test_gptq_int4_rewrites_coremltools_codes(workspace, photos):
     ours = vlm_parity(out, checkpoint, photos=subset, steps=9)["photos"]
     theirs = vlm_parity(rtn.path, checkpoint, photos=subset, steps=9)["photos"]
     assert np.mean([r["logits"]["cosine_min"] for r in ours]) > np.mean([r["logits"]["cosine_min"] for r in theirs])
+
+
+def test_normalisation_statistics_stay_float32(tmp_path):
+    """A residual stream above fp16's square root (real SmolLM2 reaches 25,600) overflows x * x in an fp16 RMSNorm
+    and normalises rows to zero; the converter keeps those statistics in float32 and the evaluator computes them so."""
+    import torch
+
+    from pocketvlm.export.coreml_export import compute_precision
+
+    class Norm(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    x = torch.randn(1, 4, 64) * 20000
+    program = torch.export.export(Norm(), (x,)).run_decompositions()
+    package = tmp_path / "norm.mlpackage"
+    ct.convert(program, inputs=[ct.TensorType(name="x", shape=x.shape)], minimum_deployment_target=ct.target.iOS18,
+               compute_precision=compute_precision(ct), skip_model_load=True).save(str(package))
+    (out,) = MILProgram(package).run({"x": x.numpy()}).values()
+    np.testing.assert_allclose(out.astype(np.float32), Norm()(x).numpy(), atol=2e-2)
