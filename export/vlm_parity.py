@@ -78,7 +78,8 @@ def _vlm_parity(bundle_dir: Path, model_dir: Path, photos: dict[str, Any] | None
         top2 = np.sort(ref_logits, axis=-1)[:, -2:]
         rows.append({
             "photo": name, "image_tokens": int(ref_features.shape[0]), "prompt_tokens": int(len(input_ids)),
-            "vision_encoder": Comparison.of(ref_features, runner.encode_image(processed)["image_embeds"]).__dict__,
+            "vision_encoder": {**Comparison.of(ref_features, runner.encode_image(processed)["image_embeds"]).__dict__,
+                               "reference_max_abs": float(np.abs(ref_features).max())},
             "logits": {"cosine_min": cosines.cosine_min, "cosine_mean": cosines.cosine_mean,
                        "max_abs": cosines.max_abs, "per_step_cosine": per_step,
                        "per_step_max_abs": [float(np.abs(ref_logits[i] - got_logits[i]).max())
