@@ -26,6 +26,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pocketvlm.cli.demo_cmd import default_cache
 from pocketvlm.export.demo import model_bundles, model_checkpoint
@@ -55,29 +56,35 @@ def manifest_sha(bundle: Path) -> str:
 SHAPES = StaticShapes(prefill_length=128, kv_capacity=256)
 
 
-def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -> dict[str, Path]:
-    """LiteRT bundles of ``checkpoint`` (fp32 / int8 / int4), exported together when any is missing or stale."""
+def stale_bundles(plan: dict[str, Path], recipes: dict[str, Any], checkpoint: Path) -> list[str]:
+    """The rows of ``plan`` whose bundle is missing, or was exported from other weights or with another recipe."""
     from pocketvlm.export.checkpoint import read_checkpoint
-    from pocketvlm.export.pipeline import export_bundles
-    from pocketvlm.export.quantize import QuantConfig, QuantSpec
     from pocketvlm.runtime.errors import BundleError
     from pocketvlm.runtime.manifest import load_bundle
 
-    source = read_checkpoint(checkpoint)
-    plan = {q: cache / "bundles" / f"{name}-tflite-{q}" for q in ("fp32", "int8", "int4") if q in wanted | {"fp32"}}
-    recipes = {q: QuantConfig.parse(q) for q in plan}
-    if name == "shapes-captioner" and "int4" in recipes:  # round-to-nearest int4 breaks the real SmolLM2 decoder
-        recipes["int4"] = QuantConfig(QuantSpec(method="int4", gptq=True))
+    weights = read_checkpoint(checkpoint).weights_sha256()
     stale = []
     for quant, out in plan.items():
         try:
             manifest = load_bundle(out).manifest
-            if (manifest["source"]["weights_sha256"] == source.weights_sha256()
-                    and manifest["quantization"] == recipes[quant].to_json()):
+            if manifest["source"]["weights_sha256"] == weights and manifest["quantization"] == recipes[quant].to_json():
                 continue
         except BundleError:
             pass
         stale.append(quant)
+    return stale
+
+
+def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -> dict[str, Path]:
+    """LiteRT bundles of ``checkpoint`` (fp32 / int8 / int4), exported together when any is missing or stale."""
+    from pocketvlm.export.pipeline import export_bundles
+    from pocketvlm.export.quantize import QuantConfig, QuantSpec
+
+    plan = {q: cache / "bundles" / f"{name}-tflite-{q}" for q in ("fp32", "int8", "int4") if q in wanted | {"fp32"}}
+    recipes = {q: QuantConfig.parse(q) for q in plan}
+    if name == "shapes-captioner" and "int4" in recipes:  # round-to-nearest int4 breaks the real SmolLM2 decoder
+        recipes["int4"] = QuantConfig(QuantSpec(method="int4", gptq=True))
+    stale = stale_bundles(plan, recipes, checkpoint)
     plain = [q for q in stale if not recipes[q].uses_gptq]
     if plain:
         say(f"exporting {name} LiteRT bundles: {', '.join(plain)}")
@@ -96,29 +103,16 @@ def coreml_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -
     GPTQ on the text_decoder, calibrated on feeds recorded through the demo's fp32 ONNX bundle), exported when
     missing or stale;
     evaluated off macOS with pocketvlm's reference evaluator (graph and weights, not device numerics)."""
-    from pocketvlm.export.checkpoint import read_checkpoint
     from pocketvlm.export.pipeline import export_bundles
     from pocketvlm.export.quantize import QuantConfig, QuantSpec
-    from pocketvlm.runtime.errors import BundleError
-    from pocketvlm.runtime.manifest import load_bundle
 
-    source = read_checkpoint(checkpoint)
     names = ("fp16", "int8", "int4", "palette4", "int4-gptq")
     plan = {q: cache / "bundles" / f"{name}-coreml-{q}" for q in names if q in wanted}
     # GPTQ on the decoder (the real SmolLM2, which round-to-nearest int4 breaks); the vision side stays coremltools'
     # round-to-nearest int4
     gptq = QuantConfig(QuantSpec(method="int4"), {"text_decoder": QuantSpec(method="int4", gptq=True)})
     recipes = {q: gptq if q == "int4-gptq" else QuantConfig.parse(q) for q in plan}
-    stale = []
-    for quant, out in plan.items():
-        try:
-            manifest = load_bundle(out).manifest
-            if (manifest["source"]["weights_sha256"] == source.weights_sha256()
-                    and manifest["quantization"] == recipes[quant].to_json()):
-                continue
-        except BundleError:
-            pass
-        stale.append(quant)
+    stale = stale_bundles(plan, recipes, checkpoint)
     plain = [q for q in stale if not recipes[q].uses_gptq]
     if plain:
         say(f"exporting {name} Core ML bundles: {', '.join(plain)}")
