@@ -4,8 +4,8 @@ fp32 and as fp32 / int8 / int4 ONNX bundles. Bundles come from (and are shared w
     python benchmarks/shapes_eval.py [--limit N] [--cache DIR] [--rows pytorch,fp32,int8,int4] [--threads T]
                                      [--target onnx|tflite] [--out benchmarks/results/shapes_eval.json]
 
-``--target tflite`` evaluates LiteRT bundles (fp32 / int8 / int4 with ai-edge-quantizer's recipes; no GPTQ there),
-exported next to the demo's ONNX bundles in the cache and run through the runtime's LiteRT session.
+``--target tflite`` evaluates LiteRT bundles (fp32 / int8 / int4 with ai-edge-quantizer's recipes; the captioner's
+int4 with its corrected GPTQ), exported next to the demo's ONNX bundles in the cache and run through the runtime's LiteRT session.
 
 ``--target coreml`` evaluates Core ML bundles (fp16 / int8 / int4 / palette4) with pocketvlm's reference evaluator
 of the packages (numpy; on macOS, Core ML itself).
@@ -75,7 +75,8 @@ def stale_bundles(plan: dict[str, Path], recipes: dict[str, Any], checkpoint: Pa
     return stale
 
 
-def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -> dict[str, Path]:
+def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str],
+                   calibration_images: int = 16) -> dict[str, Path]:
     """LiteRT bundles of ``checkpoint`` (fp32 / int8 / int4), exported together when any is missing or stale."""
     from pocketvlm.export.pipeline import export_bundles
     from pocketvlm.export.quantize import QuantConfig, QuantSpec
@@ -92,7 +93,7 @@ def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -
                        shapes=SHAPES)
     for quant in (q for q in stale if recipes[q].uses_gptq):
         say(f"recording GPTQ calibration feeds through {plan['fp32'].name}")
-        feeds = captioner.calibration_feeds(plan["fp32"], images=16, recorder=SignatureFeedRecorder)
+        feeds = captioner.calibration_feeds(plan["fp32"], images=calibration_images, recorder=SignatureFeedRecorder)
         export_bundles(checkpoint, [(plan[quant], recipes[quant])], target="tflite", progress=say, shapes=SHAPES,
                        calibration=feeds)
     return {q: out for q, out in plan.items() if q in wanted}
@@ -137,6 +138,9 @@ def main() -> None:
     parser.add_argument("--rows", default="pytorch,fp32,int8,int4", help="which rows to evaluate")
     parser.add_argument("--target", choices=("onnx", "tflite", "coreml"), default="onnx",
                         help="coreml rows: fp16,int8,int4,palette4,int4-gptq")
+    parser.add_argument("--calibration-images", type=int, default=16,
+                        help="tflite: train-split images whose feeds calibrate int4 GPTQ (applies when the int4 bundle "
+                        "is made: move an existing one away first)")
     parser.add_argument("--no-vqa", action="store_true", help="captions only (the VQA pass doubles the time)")
     parser.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (0: all cores)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "shapes_eval.json")
@@ -157,7 +161,7 @@ def main() -> None:
         if args.target == "onnx":
             bundles = model_bundles(checkpoint, cache, name, say)[0]
         elif args.target == "tflite":
-            bundles = tflite_bundles(checkpoint, cache, name, wanted)
+            bundles = tflite_bundles(checkpoint, cache, name, wanted, args.calibration_images)
         else:
             bundles = coreml_bundles(checkpoint, cache, name, wanted)
         rows = {}
