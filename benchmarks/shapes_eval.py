@@ -5,7 +5,8 @@ fp32 and as fp32 / int8 / int4 ONNX bundles. Bundles come from (and are shared w
                                      [--target onnx|tflite] [--out benchmarks/results/shapes_eval.json]
 
 ``--target tflite`` evaluates LiteRT bundles (fp32 / int8 / int4 with ai-edge-quantizer's recipes; the captioner's
-int4 with its corrected GPTQ), exported next to the demo's ONNX bundles in the cache and run through the runtime's LiteRT session.
+int4 with its corrected GPTQ), exported next to the demo's ONNX bundles in the cache and run through the runtime's
+LiteRT session.
 
 ``--target coreml`` evaluates Core ML bundles (fp16 / int8 / int4 / palette4) with pocketvlm's reference evaluator
 of the packages (numpy; on macOS, Core ML itself).
