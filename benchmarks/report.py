@@ -189,10 +189,11 @@ def extra_markdown(peers: list[dict[str, Any]], exports: list[dict[str, Any]]) -
             lines.append("")
     if exports:
         lines += ["## Full-size exports (random weights, real architecture)", "",
-                  "| model | quantization | export s | peak RSS GB | peak RSS / fp32 weight bytes | bundle MB | "
-                  "bytes per parameter |", "|---|---|---:|---:|---:|---:|---:|"]
+                  "| model | target | quantization | export s | peak RSS GB | peak RSS / fp32 weight bytes | "
+                  "bundle MB | bytes per parameter |", "|---|---|---|---:|---:|---:|---:|---:|"]
         for r in exports:
-            lines.append(f"| {r['model']} ({r['parameters'] / 1e9:.2f}B) | {r['quant']} block {r.get('block_size', 32)}"
+            lines.append(f"| {r['model']} ({r['parameters'] / 1e9:.2f}B) | {r.get('target', 'onnx')} "
+                         f"| {r['quant']} block {r.get('block_size', 32)}"
                          f" | {r['export_wall_s']:.0f} | {r['export_peak_rss_bytes'] / 1e9:.1f} | "
                          f"{r['peak_rss_vs_fp32_bytes']:.2f}x | {r['bundle_bytes'] / 1e6:.0f} | "
                          f"{r['bundle_bytes_per_parameter']:.4f} |")
