@@ -77,7 +77,7 @@ def stale_bundles(plan: dict[str, Path], recipes: dict[str, Any], checkpoint: Pa
 
 
 def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str],
-                   calibration_images: int = 16) -> dict[str, Path]:
+                   calibration_images: int = 32) -> dict[str, Path]:
     """LiteRT bundles of ``checkpoint`` (fp32 / int8 / int4), exported together when any is missing or stale."""
     from pocketvlm.export.pipeline import export_bundles
     from pocketvlm.export.quantize import QuantConfig, QuantSpec
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--rows", default="pytorch,fp32,int8,int4", help="which rows to evaluate")
     parser.add_argument("--target", choices=("onnx", "tflite", "coreml"), default="onnx",
                         help="coreml rows: fp16,int8,int4,palette4,int4-gptq")
-    parser.add_argument("--calibration-images", type=int, default=16,
+    parser.add_argument("--calibration-images", type=int, default=32,
                         help="tflite: train-split images whose feeds calibrate int4 GPTQ (applies when the int4 bundle "
                         "is made: move an existing one away first)")
     parser.add_argument("--no-vqa", action="store_true", help="captions only (the VQA pass doubles the time)")
