@@ -435,3 +435,12 @@ def test_normalisation_statistics_stay_float32(tmp_path):
                compute_precision=compute_precision(ct), skip_model_load=True).save(str(package))
     (out,) = MILProgram(package).run({"x": x.numpy()}).values()
     np.testing.assert_allclose(out.astype(np.float32), Norm()(x).numpy(), atol=2e-2)
+
+
+def test_stateful_decoder_below_ios18_is_refused(workspace, tmp_path):
+    from pocketvlm.export.pipeline import export_bundle
+
+    with pytest.raises(errors.ExportError, match="states, which need iOS 18"):
+        export_bundle(workspace.checkpoint("idefics3", "fp16"), tmp_path / "b", target="coreml",
+                      quant=QuantConfig.parse("fp16"), deployment_target="iOS17", shapes=DEFAULT_SHAPES)
+    assert not list(tmp_path.iterdir())  # nothing half-written
