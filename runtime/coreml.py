@@ -1,17 +1,15 @@
 """Core ML backend session: the runtime's named-tensor contract over a static-shape ``.mlpackage``.
 
-A Core ML component is executed by a *predictor*: on macOS, Core ML itself (``coremltools.models.MLModel``, the
-only Python binding of the Core ML framework; imported lazily and only there); anywhere, any object with the same
-small interface, such as the exporter's reference evaluator (``pocketvlm.export.coreml_check``), which is how
-``pocketvlm parity`` checks Core ML bundles on Linux. Pre- and post-processing, tokenization and the batch loop are
-the runtime's own, exactly as for ONNX and LiteRT.
+A Core ML component is executed by a *predictor* passed in by the caller: Core ML itself on macOS
+(coremltools' ``MLModel``, wrapped by ``pocketvlm.export.coreml_check.MLModelPredictor``), or the exporter's
+reference evaluator, which is how ``pocketvlm parity`` checks Core ML bundles on Linux. coremltools is the converter
+too, so this module never imports it: the runtime stays numpy plus a backend.
 
 Encoders are exported at batch 1 (the Neural Engine wants static shapes): a larger batch runs row by row.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,45 +34,6 @@ class Predictor(Protocol):
     def make_state(self) -> Any: ...
 
 
-class CoreMLFramework:
-    """Core ML on macOS through coremltools' ``MLModel`` (compute units: all, i.e. ANE, GPU or CPU per op)."""
-
-    def __init__(self, path: Path, compute_units: str = "ALL") -> None:
-        if sys.platform != "darwin":
-            raise BundleError(f"{path.name} is a Core ML package, and Core ML runs only on macOS and iOS",
-                              "run it on a Mac or an iPhone; on Linux check it with 'pocketvlm parity', which "
-                              "uses pocketvlm's reference evaluator")
-        try:
-            import coremltools as ct  # the Core ML framework's Python binding (macOS only at run time)
-        except ImportError as exc:
-            raise BundleError("this bundle's components are Core ML packages and coremltools is not installed",
-                              'pip install "pocketvlm[coreml]"') from exc
-        self._ct, self._path, self._units = ct, path, getattr(ct.ComputeUnit, compute_units)
-        self._models: dict[str | None, Any] = {}
-        self._load(None)
-        self.name = f"Core ML ({compute_units})"
-
-    def _load(self, function: str | None) -> Any:
-        if function not in self._models:
-            kwargs = {"function_name": function} if function else {}
-            try:
-                self._models[function] = self._ct.models.MLModel(str(self._path), compute_units=self._units, **kwargs)
-            except Exception as exc:  # Core ML reports compile and load failures as RuntimeError / generic ones
-                raise BundleError(f"Core ML cannot load {self._path.name}: {str(exc).splitlines()[0]}",
-                                  "re-export the bundle, or update macOS to the manifest's deployment target") from exc
-        return self._models[function]
-
-    def predict(self, feeds: dict[str, np.ndarray], function: str | None = None,
-                state: Any = None) -> dict[str, np.ndarray]:
-        model = self._load(function)
-        outputs = model.predict(feeds, state=state) if state is not None else model.predict(feeds)
-        return {k: np.asarray(v) for k, v in outputs.items()}
-
-    def make_state(self) -> Any:
-        # the functions of a multifunction package declare the same states, so one MLState serves both
-        return self._load(None).make_state()
-
-
 class CoreMLSession:
     """One Core ML component: static input shapes and dtypes from the manifest, float32 outputs; encoders loop over
     a batch, the stateful ``text_decoder`` runs calls as prefill / decode chunks over its own KV cache."""
@@ -92,7 +51,12 @@ class CoreMLSession:
             raise BundleError(f"{path.name}: the manifest has {len(self.functions)} static signatures for this "
                               "Core ML component", "re-export the bundle with --target coreml")
         self.inputs = next(iter(self.functions.values()))
-        self._predictor = predictor or CoreMLFramework(path)
+        if predictor is None:
+            raise BundleError(f"{path.name} is a Core ML package, and Core ML runs only on macOS and iOS through "
+                              "coremltools, which this thin runtime does not import",
+                              "on a Mac load it with pocketvlm.export.coreml_check.load_runner (MLModel.predict); "
+                              "on Linux check it with 'pocketvlm parity' (pocketvlm's reference evaluator)")
+        self._predictor = predictor
         self.providers = (self._predictor.name,)
         self._state: Any = None
         self._filled = 0
