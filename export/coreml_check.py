@@ -45,7 +45,7 @@ class EvaluatorPredictor:
         if name is None:
             return self.program
         if name not in self._programs:
-            self._programs[name] = MILProgram(self.package, function=name)
+            self._programs[name] = MILProgram(self.package, function=name, blob_values=self.program._blob_values)
         return self._programs[name]
 
     def predict(self, feeds: dict[str, np.ndarray], function: str | None = None,

@@ -121,7 +121,10 @@ def function_names(package: Path) -> list[str]:
 class MILProgram:
     """One function of an mlprogram package, ready to evaluate."""
 
-    def __init__(self, package: Path | str, function: str | None = None) -> None:
+    def __init__(self, package: Path | str, function: str | None = None,
+                 blob_values: dict[tuple[str, int], np.ndarray] | None = None) -> None:
+        """``blob_values``: a cache of weights read from the blob file, shared by the functions of one package
+        (their weights are stored once, so they are read and unpacked once)."""
         package = Path(package)
         data = package / "Data" / "com.apple.CoreML"
         spec = read_spec(package)
@@ -147,7 +150,7 @@ class MILProgram:
         self._blobs: dict[str, BlobFile] = {}
         self._weights_dir = data / "weights"
         self._constants: dict[str, Any] = {}
-        self._blob_values: dict[tuple[str, int], np.ndarray] = {}
+        self._blob_values = {} if blob_values is None else blob_values
         self._check_ops()
 
     @property
