@@ -66,9 +66,9 @@ def main() -> None:
     import torch
     from transformers import CLIPModel
 
-    from pocketvlm.export.photos import load_photos
-    from pocketvlm.export.pipeline import export_bundles, tool_versions
-    from pocketvlm.export.quantize import QuantConfig
+    from pocketvlm.export.loop import export_bundles, tool_versions
+    from pocketvlm.export.quant.config import QuantConfig
+    from pocketvlm.export.verify.photos import load_photos
     from pocketvlm.runtime.bench import machine
     from pocketvlm.runtime.dual_encoder import DualEncoder
 

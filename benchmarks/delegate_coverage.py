@@ -1,5 +1,6 @@
 """Delegate coverage of a LiteRT bundle: per component and signature, the share of nodes the GPU and NNAPI delegates
-accept (their own static checks replayed on the flatbuffer, ``pocketvlm.export.delegates``) and what falls back.
+accept (their own static checks replayed on the flatbuffer, ``pocketvlm.export.targets.tflite.delegates``) and
+what falls back.
 
     python benchmarks/delegate_coverage.py --bundle /tmp/pocketvlm-full/qwen2_vl_2b-tflite-int4-b128 \
         --out benchmarks/results/delegates_qwen2_vl_2b_tflite_int4_b128.json
@@ -16,8 +17,8 @@ import os
 import platform
 from pathlib import Path
 
-from pocketvlm.export.delegates import delegate_section, format_coverage
-from pocketvlm.export.pipeline import tool_versions
+from pocketvlm.export.loop import tool_versions
+from pocketvlm.export.targets.tflite.delegates import delegate_section, format_coverage
 from pocketvlm.runtime.manifest import load_bundle
 
 

@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from pocketvlm.cli.demo_cmd import default_cache
-from pocketvlm.export.demo import model_bundles, model_checkpoint
-from pocketvlm.export.pipeline import tool_versions
-from pocketvlm.export.shapes import captioner, shapes_clip
-from pocketvlm.export.shapes.data import load_split
-from pocketvlm.export.shapes.evaluate import (
+from pocketvlm.demo.run import model_bundles, model_checkpoint
+from pocketvlm.demo.shapes import captioner, shapes_clip
+from pocketvlm.demo.shapes.data import load_split
+from pocketvlm.demo.shapes.evaluate import (
     BundleCaptioner,
     BundleClassifier,
     TorchCaptioner,
@@ -42,7 +41,9 @@ from pocketvlm.export.shapes.evaluate import (
     evaluate_captioner,
     evaluate_classifier,
 )
-from pocketvlm.export.tflite_export import SignatureFeedRecorder, StaticShapes
+from pocketvlm.export.loop import tool_versions
+from pocketvlm.export.quant.calibration import SignatureFeedRecorder
+from pocketvlm.export.static_shapes import StaticShapes
 
 
 def say(message: str) -> None:
@@ -79,8 +80,8 @@ def stale_bundles(plan: dict[str, Path], recipes: dict[str, Any], checkpoint: Pa
 def tflite_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str],
                    calibration_images: int = 32) -> dict[str, Path]:
     """LiteRT bundles of ``checkpoint`` (fp32 / int8 / int4), exported together when any is missing or stale."""
-    from pocketvlm.export.pipeline import export_bundles
-    from pocketvlm.export.quantize import QuantConfig, QuantSpec
+    from pocketvlm.export.loop import export_bundles
+    from pocketvlm.export.quant.config import QuantConfig, QuantSpec
 
     plan = {q: cache / "bundles" / f"{name}-tflite-{q}" for q in ("fp32", "int8", "int4") if q in wanted | {"fp32"}}
     recipes = {q: QuantConfig.parse(q) for q in plan}
@@ -105,8 +106,8 @@ def coreml_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -
     GPTQ on the text_decoder, calibrated on feeds recorded through the demo's fp32 ONNX bundle), exported when
     missing or stale;
     evaluated off macOS with pocketvlm's reference evaluator (graph and weights, not device numerics)."""
-    from pocketvlm.export.pipeline import export_bundles
-    from pocketvlm.export.quantize import QuantConfig, QuantSpec
+    from pocketvlm.export.loop import export_bundles
+    from pocketvlm.export.quant.config import QuantConfig, QuantSpec
 
     names = ("fp16", "int8", "int4", "palette4", "int4-gptq")
     plan = {q: cache / "bundles" / f"{name}-coreml-{q}" for q in names if q in wanted}

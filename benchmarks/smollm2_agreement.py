@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from pocketvlm.cli.demo_cmd import default_cache
-from pocketvlm.export.demo import model_bundles, model_checkpoint
-from pocketvlm.export.pipeline import tool_versions
+from pocketvlm.demo.run import model_bundles, model_checkpoint
+from pocketvlm.export.loop import tool_versions
 from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.vlm import VisionLanguageModel
 
@@ -47,7 +47,7 @@ def say(message: str) -> None:
 def reference(prompt_ids: list[np.ndarray], end_id: int) -> list[list[int]]:
     import torch
 
-    from pocketvlm.export.shapes.captioner import load_smollm2
+    from pocketvlm.demo.shapes.captioner import load_smollm2
 
     model, _ = load_smollm2()
     out = []

@@ -13,11 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from pocketvlm.export.parity import dual_encoder_parity
-from pocketvlm.export.photos import load_photos
-from pocketvlm.export.pipeline import export_bundle, tool_versions
-from pocketvlm.export.quantize import QuantConfig
+from pocketvlm.export.loop import export_bundle, tool_versions
+from pocketvlm.export.quant.config import QuantConfig
 from pocketvlm.export.synthetic import build_checkpoint
+from pocketvlm.export.verify.parity import dual_encoder_parity
+from pocketvlm.export.verify.photos import load_photos
 
 MEDIUM = {"hidden": 256, "layers": 4, "heads": 4, "image_size": 64, "patch_size": 16}
 

@@ -14,11 +14,11 @@ import platform
 import tempfile
 from pathlib import Path
 
-from pocketvlm.export.photos import load_photos
-from pocketvlm.export.pipeline import export_bundle, tool_versions
-from pocketvlm.export.quantize import QuantConfig
+from pocketvlm.export.loop import export_bundle, tool_versions
+from pocketvlm.export.quant.config import QuantConfig
 from pocketvlm.export.synthetic import build_checkpoint
-from pocketvlm.export.vlm_parity import vlm_parity
+from pocketvlm.export.verify.photos import load_photos
+from pocketvlm.export.verify.vlm_parity import vlm_parity
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3")
 

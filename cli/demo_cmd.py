@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from pocketvlm.export.demo import format_markdown, run_demo
+    from pocketvlm.demo.run import format_markdown, run_demo
 
     cache = args.cache or default_cache()
 

@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pocketvlm.cli.main import Progress
-    from pocketvlm.export.pipeline import export_bundle
-    from pocketvlm.export.quantize import QuantConfig
-    from pocketvlm.export.tflite_export import StaticShapes
+    from pocketvlm.export.loop import export_bundle
+    from pocketvlm.export.quant.config import QuantConfig
+    from pocketvlm.export.static_shapes import StaticShapes
     from pocketvlm.runtime.manifest import load_bundle
 
     quant = QuantConfig.parse(args.quant or ("fp16" if args.target == "coreml" else "fp32"))

@@ -23,12 +23,12 @@ def run(args: argparse.Namespace) -> int:
     from pocketvlm.runtime.manifest import load_bundle
 
     if load_bundle(args.bundle).manifest.get("task") == "image_text_to_text":
-        from pocketvlm.export.vlm_parity import format_vlm_table, vlm_parity
+        from pocketvlm.export.verify.vlm_parity import format_vlm_table, vlm_parity
 
         report = vlm_parity(args.bundle, args.model, steps=args.steps)
         print(format_vlm_table(report))
     else:
-        from pocketvlm.export.parity import dual_encoder_parity, format_table
+        from pocketvlm.export.verify.parity import dual_encoder_parity, format_table
 
         labels = parse_labels(args.labels) if args.labels else None
         report = dual_encoder_parity(args.bundle, args.model, labels=labels)

@@ -1,7 +1,7 @@
 """Core ML backend session: the runtime's named-tensor contract over a static-shape ``.mlpackage``.
 
 A Core ML component is executed by a *predictor* passed in by the caller: Core ML itself on macOS
-(coremltools' ``MLModel``, wrapped by ``pocketvlm.export.coreml_check.MLModelPredictor``), or the exporter's
+(coremltools' ``MLModel``, wrapped by ``pocketvlm.export.targets.coreml.check.MLModelPredictor``), or the exporter's
 reference evaluator, which is how ``pocketvlm parity`` checks Core ML bundles on Linux. coremltools is the converter
 too, so this module never imports it: the runtime stays numpy plus a backend.
 
@@ -54,7 +54,7 @@ class CoreMLSession:
         if predictor is None:
             raise BundleError(f"{path.name} is a Core ML package, and Core ML runs only on macOS and iOS through "
                               "coremltools, which this thin runtime does not import",
-                              "on a Mac load it with pocketvlm.export.coreml_check.load_runner (MLModel.predict); "
+                              "on a Mac load it with export.targets.coreml.check.load_runner (MLModel.predict); "
                               "on Linux check it with 'pocketvlm parity' (pocketvlm's reference evaluator)")
         self._predictor = predictor
         self.providers = (self._predictor.name,)

@@ -40,8 +40,8 @@ class Workspace:
         return self._checkpoints[key]
 
     def bundle(self, family: str, quant: str = "fp32", size: str = "tiny") -> Path:
-        from pocketvlm.export.pipeline import export_bundle
-        from pocketvlm.export.quantize import QuantConfig
+        from pocketvlm.export.loop import export_bundle
+        from pocketvlm.export.quant.config import QuantConfig
 
         key = (family, size, quant)
         if key not in self._bundles:
@@ -57,6 +57,6 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 @pytest.fixture(scope="session")
 def photos() -> dict:
-    from pocketvlm.export.photos import load_photos
+    from pocketvlm.export.verify.photos import load_photos
 
     return load_photos()

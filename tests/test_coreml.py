@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pocketvlm.export.coreml_check import EvaluatorPredictor, ane_risks
-from pocketvlm.export.mil_eval import BlobFile, CoreMLEvaluatorError, MILProgram
-from pocketvlm.export.parity import dual_encoder_parity
-from pocketvlm.export.pipeline import export_bundles
-from pocketvlm.export.quantize import QuantConfig
+from pocketvlm.export.loop import export_bundles
+from pocketvlm.export.quant.config import QuantConfig
 from pocketvlm.export.registry import families
-from pocketvlm.export.tflite_export import StaticShapes
-from pocketvlm.export.vlm_parity import vlm_parity
+from pocketvlm.export.static_shapes import StaticShapes
+from pocketvlm.export.targets.coreml.check import EvaluatorPredictor, ane_risks
+from pocketvlm.export.targets.coreml.mil_eval import BlobFile, CoreMLEvaluatorError, MILProgram
+from pocketvlm.export.verify.parity import dual_encoder_parity
+from pocketvlm.export.verify.vlm_parity import vlm_parity
 from pocketvlm.runtime import errors
 from pocketvlm.runtime.manifest import load_bundle
 from tests.test_vlm import VLM_FAMILIES
@@ -128,7 +128,7 @@ def test_quantized_decoders_and_shared_weights(workspace, photos):
 def test_isolated_decoder_conversion_and_kv_capacity(workspace, photos):
     """The decoder converted in its own process equals the in-process one; a prompt past the KV capacity is a typed
     error naming the capacity."""
-    from pocketvlm.export.coreml_check import load_runner
+    from pocketvlm.export.targets.coreml.check import load_runner
     from pocketvlm.runtime.generation import GenerationConfig
 
     isolated = load_runner(coreml_vlm(workspace, "idefics3", isolate=True))
@@ -160,7 +160,7 @@ def test_fp16_max_abs_relative_to_output_scale(workspace, photos, family):
     import torch
 
     bundle_dir = coreml_bundles(workspace, family)["fp16"]
-    from pocketvlm.export.parity import load_dual_encoder
+    from pocketvlm.export.verify.parity import load_dual_encoder
 
     runner = load_dual_encoder(bundle_dir)
     model = families()[family].load_model(workspace.checkpoint(family))
@@ -265,7 +265,7 @@ def _check_blob(ours, theirs, value, checked):
 def test_conv_and_gather_nd_match_torch():
     import torch
 
-    from pocketvlm.export.mil_ops import OPS
+    from pocketvlm.export.targets.coreml.mil_ops import OPS
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 4, 6, 9, 9)).astype(np.float32)
@@ -318,7 +318,7 @@ def test_stateful_program_updates_its_state(tmp_path):
 
 # -- unsupported requests fail by name ---------------------------------------------------------------------------------
 def test_missing_op_is_named(workspace, monkeypatch):
-    from pocketvlm.export import mil_ops
+    from pocketvlm.export.targets.coreml import mil_ops
 
     package = load_bundle(coreml_bundles(workspace, "clip")["fp16"]).file("image_encoder.mlpackage")
     monkeypatch.delitem(mil_ops.OPS, "layer_norm")
@@ -332,7 +332,7 @@ def test_missing_op_is_named(workspace, monkeypatch):
     ("fp32", "iOS18", "fp32 is not a Core ML method"),
 ])
 def test_unsupported_settings_are_refused_by_name(workspace, tmp_path, quant, target, match):
-    from pocketvlm.export.pipeline import export_bundle
+    from pocketvlm.export.loop import export_bundle
 
     with pytest.raises(errors.QuantizationError, match=match):
         export_bundle(workspace.checkpoint("clip"), tmp_path / "b", target="coreml", quant=QuantConfig.parse(quant),
@@ -341,7 +341,7 @@ def test_unsupported_settings_are_refused_by_name(workspace, tmp_path, quant, ta
 
 
 def test_onnx_only_settings_and_palette_on_other_targets_are_refused(workspace, tmp_path):
-    from pocketvlm.export.pipeline import export_bundle
+    from pocketvlm.export.loop import export_bundle
 
     zero_points = tmp_path / "q.json"
     zero_points.write_text(json.dumps({"default": {"method": "int4", "symmetric": False}}))
@@ -374,11 +374,12 @@ def test_gptq_int4_rewrites_coremltools_codes(workspace, photos):
     """GPTQ for Core ML int4: calibrated on feeds recorded through the fp32 ONNX bundle, its codes and scales replace
     coremltools' round-to-nearest ones in weight.bin; the evaluator decompresses exactly GPTQ's weights, and the
     decoder's logits move closer to PyTorch's than round-to-nearest's."""
-    from pocketvlm.export.coreml_gptq import calibrate
-    from pocketvlm.export.gptq import FeedRecorder, gptq_quantize
-    from pocketvlm.export.int4 import dequantize_blocks
-    from pocketvlm.export.mil_ops import OPS
-    from pocketvlm.export.quantize import QuantSpec
+    from pocketvlm.export.quant.blockwise import dequantize_blocks
+    from pocketvlm.export.quant.calibration import FeedRecorder
+    from pocketvlm.export.quant.config import QuantSpec
+    from pocketvlm.export.quant.gptq import gptq_quantize
+    from pocketvlm.export.targets.coreml.gptq import calibrate
+    from pocketvlm.export.targets.coreml.mil_ops import OPS
     from pocketvlm.runtime.generation import GenerationConfig
     from pocketvlm.runtime.vlm import VisionLanguageModel
 
@@ -422,7 +423,7 @@ def test_normalisation_statistics_stay_float32(tmp_path):
     and normalises rows to zero; the converter keeps those statistics in float32 and the evaluator computes them so."""
     import torch
 
-    from pocketvlm.export.coreml_export import compute_precision
+    from pocketvlm.export.targets.coreml.convert import compute_precision
 
     class Norm(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -438,7 +439,7 @@ def test_normalisation_statistics_stay_float32(tmp_path):
 
 
 def test_stateful_decoder_below_ios18_is_refused(workspace, tmp_path):
-    from pocketvlm.export.pipeline import export_bundle
+    from pocketvlm.export.loop import export_bundle
 
     with pytest.raises(errors.ExportError, match="states, which need iOS 18"):
         export_bundle(workspace.checkpoint("idefics3", "fp16"), tmp_path / "b", target="coreml",

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from pocketvlm.cli.main import main
-from pocketvlm.export import pipeline
+from pocketvlm.export import loop as pipeline
 from pocketvlm.export.checkpoint import read_checkpoint
-from pocketvlm.export.pipeline import export_bundle
+from pocketvlm.export.loop import export_bundle
 from pocketvlm.runtime import errors, load_bundle
 from pocketvlm.runtime.image import load_image
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pocketvlm.export import pipeline
-from pocketvlm.export.gptq import FeedRecorder
-from pocketvlm.export.quantize import QuantConfig, QuantSpec
+from pocketvlm.export import loop as pipeline
+from pocketvlm.export.quant.calibration import FeedRecorder
+from pocketvlm.export.quant.config import QuantConfig, QuantSpec
 from pocketvlm.export.registry import get_family
-from pocketvlm.export.vlm_parity import vlm_parity
+from pocketvlm.export.verify.vlm_parity import vlm_parity
 from pocketvlm.runtime.dual_encoder import DualEncoder
 from pocketvlm.runtime.errors import ExportError, QuantizationError
 from pocketvlm.runtime.generation import GenerationConfig

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pocketvlm.export.parity import dual_encoder_parity
 from pocketvlm.export.registry import families
+from pocketvlm.export.verify.parity import dual_encoder_parity
 from pocketvlm.runtime import DualEncoder, load_bundle
 
 # family -> the parity check its tiny-config test runs. Adding a family without a line here (or, for a VLM, in

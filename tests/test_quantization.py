@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pocketvlm.export.int4 import dequantize_blocks, matmuls_to_nbits, quantize_blocks, quantize_blocks_asymmetric
-from pocketvlm.export.quantize import QuantConfig, QuantSpec
+from pocketvlm.export.quant.blockwise import dequantize_blocks, quantize_blocks, quantize_blocks_asymmetric
+from pocketvlm.export.quant.config import QuantConfig, QuantSpec
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul, swapped
+from pocketvlm.export.targets.onnx.nbits import matmuls_to_nbits
 from pocketvlm.runtime.errors import QuantizationError
 
 
@@ -95,7 +96,8 @@ def test_gptq_lowers_output_error_and_runs_in_ort(symmetric):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from pocketvlm.export.gptq import collect_hessians, gptq_quantize
+    from pocketvlm.export.quant.gptq import gptq_quantize
+    from pocketvlm.export.targets.onnx.calibrate import collect_hessians
 
     rng = np.random.default_rng(2)
     mixing = rng.standard_normal((96, 96)).astype(np.float32) * rng.uniform(0.05, 2.0, 96).astype(np.float32)
@@ -123,7 +125,7 @@ def test_gptq_lowers_output_error_and_runs_in_ort(symmetric):
 def test_column_chunks_give_the_same_quantization(monkeypatch):
     """Large weights are quantized a slice of output columns at a time (bounded temporaries): exactly the same
     result as one piece, for both grids."""
-    import pocketvlm.export.int4 as int4
+    import pocketvlm.export.quant.blockwise as int4
 
     weight = np.random.default_rng(3).standard_normal((96, 70)).astype(np.float32)
     whole = (int4.quantize_blocks(weight, 32), int4.quantize_blocks_asymmetric(weight, 32))
@@ -140,8 +142,8 @@ def test_streamed_quantization_equals_in_memory(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from pocketvlm.export.int4 import tensor_array
-    from pocketvlm.export.quantize import quantize_file
+    from pocketvlm.export.targets.onnx.nbits import tensor_array
+    from pocketvlm.export.targets.onnx.quantize import quantize_file
 
     rng = np.random.default_rng(4)
     weights = [rng.standard_normal(shape).astype(np.float32) for shape in ((64, 96), (96, 32), (32, 64))]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pocketvlm.export.parity import Comparison, dual_encoder_parity
 from pocketvlm.export.registry import get_family
+from pocketvlm.export.verify.parity import Comparison, dual_encoder_parity
 from pocketvlm.runtime import DualEncoder, load_bundle
 
 FAMILIES = ("clip", "siglip")
@@ -60,8 +60,8 @@ def test_quantization_is_recorded_per_component(workspace):
 
 
 def test_mixed_per_component_quantization(workspace, tmp_path):
-    from pocketvlm.export.pipeline import export_bundle
-    from pocketvlm.export.quantize import QuantConfig
+    from pocketvlm.export.loop import export_bundle
+    from pocketvlm.export.quant.config import QuantConfig
 
     quant = QuantConfig.parse("int8,text_encoder=int4")
     out = export_bundle(workspace.checkpoint("clip"), tmp_path / "mixed", quant=quant)

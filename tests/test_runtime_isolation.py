@@ -45,7 +45,7 @@ def test_runtime_sources_import_nothing_export_side():
 def test_runtime_runs_with_torch_and_transformers_blocked(workspace, tmp_path):
     bundle = workspace.bundle("clip", "int8")
     image = tmp_path / "photo.png"
-    from pocketvlm.export.photos import load_photos
+    from pocketvlm.export.verify.photos import load_photos
 
     load_photos(("chelsea",))["chelsea"].save(image)
     result = run_blocked(f"""

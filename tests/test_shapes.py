@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pocketvlm.export import demo
-from pocketvlm.export.pipeline import export_bundles
-from pocketvlm.export.quantize import QuantConfig
-from pocketvlm.export.shapes import captioner, shapes_clip
-from pocketvlm.export.shapes.data import LABELS, load_split
-from pocketvlm.export.shapes.evaluate import (
+from pocketvlm.demo import run as demo
+from pocketvlm.demo.shapes import captioner, shapes_clip
+from pocketvlm.demo.shapes.data import LABELS, load_split
+from pocketvlm.demo.shapes.evaluate import (
     BundleCaptioner,
     BundleClassifier,
     TorchCaptioner,
@@ -22,6 +20,8 @@ from pocketvlm.export.shapes.evaluate import (
     caption_correct,
     evaluate_classifier,
 )
+from pocketvlm.export.loop import export_bundles
+from pocketvlm.export.quant.config import QuantConfig
 
 
 def test_labels_come_from_the_package_and_agree_with_every_question():

@@ -10,12 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from pocketvlm.export.parity import dual_encoder_parity
-from pocketvlm.export.pipeline import export_bundle
-from pocketvlm.export.quantize import QuantConfig
+from pocketvlm.export.loop import export_bundle
+from pocketvlm.export.quant.config import QuantConfig
 from pocketvlm.export.registry import families
-from pocketvlm.export.tflite_export import StaticShapes
-from pocketvlm.export.vlm_parity import vlm_parity
+from pocketvlm.export.static_shapes import StaticShapes
+from pocketvlm.export.verify.parity import dual_encoder_parity
+from pocketvlm.export.verify.vlm_parity import vlm_parity
 from pocketvlm.runtime import errors
 from pocketvlm.runtime.manifest import load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
@@ -130,8 +130,8 @@ def test_unsupported_tflite_requests_name_the_setting(workspace, tmp_path):
 def test_int4_recipe_keeps_the_first_and_last_weight_layers_at_8_bits(workspace):
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
 
-    from pocketvlm.export.quantize import QuantSpec
-    from pocketvlm.export.tflite_export import check_tflite_spec, tflite_recipe
+    from pocketvlm.export.quant.config import QuantSpec
+    from pocketvlm.export.targets.tflite.quantize import check_tflite_spec, tflite_recipe
 
     bundle_dir = tflite_bundle(workspace, "idefics3", "int4", "standard")
     record = load_bundle(bundle_dir).manifest["components"]["text_decoder"]["quantization"]
@@ -176,7 +176,7 @@ def test_batch_loop_equals_one_by_one(workspace, photos):
 
 
 def test_delegate_coverage_rules():
-    from pocketvlm.export.delegates import Node, Tensor, coverage, gpu_reason, nnapi_reason
+    from pocketvlm.export.targets.tflite.delegates import Node, Tensor, coverage, gpu_reason, nnapi_reason
 
     act, weight = Tensor("FLOAT32", 2, False, False, False), Tensor("FLOAT32", 2, True, False, False)
     int4 = Tensor("INT4", 2, True, True, False)
@@ -212,9 +212,9 @@ def test_parity_report_carries_delegate_coverage(workspace, photos, capsys):
 
 
 def test_gptq_int4_from_feeds_recorded_through_the_fp32_bundle(workspace, photos, tmp_path):
-    from pocketvlm.export.pipeline import export_bundles
-    from pocketvlm.export.quantize import QuantSpec
-    from pocketvlm.export.tflite_export import SignatureFeedRecorder
+    from pocketvlm.export.loop import export_bundles
+    from pocketvlm.export.quant.calibration import SignatureFeedRecorder
+    from pocketvlm.export.quant.config import QuantSpec
     from pocketvlm.runtime.generation import GenerationConfig
 
     checkpoint = workspace.checkpoint("qwen2_vl", "standard")

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from pocketvlm.export.vlm_parity import vlm_parity
+from pocketvlm.export.verify.vlm_parity import vlm_parity
 from pocketvlm.runtime import errors
 from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.manifest import load_bundle
@@ -142,7 +142,7 @@ def test_caption_and_ask_cli(workspace, photos, tmp_path, capsys):
 
 @pytest.mark.parametrize("family", SPLIT_FAMILIES)
 def test_split_vision_stages_chain_to_the_unsplit_encoder(workspace, photos, tmp_path, family):
-    from pocketvlm.export.pipeline import export_bundle
+    from pocketvlm.export.loop import export_bundle
 
     split = VisionLanguageModel.load(export_bundle(workspace.checkpoint(family, "varied"), tmp_path / "split",
                                                    split_vision=True))
@@ -164,7 +164,7 @@ def test_split_vision_stages_chain_to_the_unsplit_encoder(workspace, photos, tmp
 
 
 def test_split_vision_refused_where_a_family_has_no_split_point(workspace, tmp_path):
-    from pocketvlm.export.pipeline import export_bundle
+    from pocketvlm.export.loop import export_bundle
 
     with pytest.raises(errors.UnsupportedModelError, match="no vision split point"):
         export_bundle(workspace.checkpoint("idefics3", "varied"), tmp_path / "b", split_vision=True)
