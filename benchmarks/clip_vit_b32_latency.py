@@ -66,7 +66,8 @@ def main() -> None:
     import torch
     from transformers import CLIPModel
 
-    from pocketvlm.export.loop import export_bundles, tool_versions
+    from pocketvlm.export.bundle_writer import tool_versions
+    from pocketvlm.export.loop import export_bundles
     from pocketvlm.export.quant.config import QuantConfig
     from pocketvlm.export.verify.photos import load_photos
     from pocketvlm.runtime.bench import machine

@@ -17,7 +17,7 @@ import os
 import platform
 from pathlib import Path
 
-from pocketvlm.export.loop import tool_versions
+from pocketvlm.export.bundle_writer import tool_versions
 from pocketvlm.export.targets.tflite.delegates import delegate_section, format_coverage
 from pocketvlm.runtime.manifest import load_bundle
 

@@ -41,7 +41,7 @@ from pocketvlm.demo.shapes.evaluate import (
     evaluate_captioner,
     evaluate_classifier,
 )
-from pocketvlm.export.loop import tool_versions
+from pocketvlm.export.bundle_writer import tool_versions
 from pocketvlm.export.quant.calibration import SignatureFeedRecorder
 from pocketvlm.export.static_shapes import StaticShapes
 

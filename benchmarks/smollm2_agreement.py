@@ -24,7 +24,7 @@ import numpy as np
 
 from pocketvlm.cli.demo_cmd import default_cache
 from pocketvlm.demo.run import model_bundles, model_checkpoint
-from pocketvlm.export.loop import tool_versions
+from pocketvlm.export.bundle_writer import tool_versions
 from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.vlm import VisionLanguageModel
 

@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pocketvlm.export.loop import export_bundle, tool_versions
+from pocketvlm.export.bundle_writer import tool_versions
+from pocketvlm.export.loop import export_bundle
 from pocketvlm.export.quant.config import QuantConfig
 from pocketvlm.export.synthetic import build_checkpoint
 from pocketvlm.export.verify.parity import dual_encoder_parity

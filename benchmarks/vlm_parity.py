@@ -14,7 +14,8 @@ import platform
 import tempfile
 from pathlib import Path
 
-from pocketvlm.export.loop import export_bundle, tool_versions
+from pocketvlm.export.bundle_writer import tool_versions
+from pocketvlm.export.loop import export_bundle
 from pocketvlm.export.quant.config import QuantConfig
 from pocketvlm.export.synthetic import build_checkpoint
 from pocketvlm.export.verify.photos import load_photos

@@ -24,7 +24,8 @@ from typing import Any
 from pocketvlm.demo.shapes import captioner, shapes_clip
 from pocketvlm.demo.shapes.data import load_split
 from pocketvlm.demo.shapes.evaluate import BundleCaptioner, BundleClassifier, evaluate_captioner, evaluate_classifier
-from pocketvlm.export.loop import Calibration, export_bundles, tool_versions
+from pocketvlm.export.bundle_writer import tool_versions
+from pocketvlm.export.loop import Calibration, export_bundles
 from pocketvlm.export.quant.config import QuantConfig, QuantSpec
 from pocketvlm.export.verify.photos import load_photos
 from pocketvlm.runtime.errors import BundleError

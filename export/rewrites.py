@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import torch
 
+from pocketvlm.runtime.errors import UnsupportedModelError
+
 
 class PatchEmbeddingAsMatMul(torch.nn.Module):
     """A ViT patch ``Conv2d`` (kernel == stride, no padding) as reshape + MatMul.
@@ -23,7 +25,8 @@ class PatchEmbeddingAsMatMul(torch.nn.Module):
     def __init__(self, conv: torch.nn.Conv2d) -> None:
         super().__init__()
         if conv.kernel_size != conv.stride or conv.padding not in ((0, 0), "valid") or conv.groups != 1:
-            raise ValueError("PatchEmbeddingAsMatMul needs a non-overlapping, unpadded, ungrouped patch Conv2d")
+            raise UnsupportedModelError("the patch embedding is not a non-overlapping, unpadded, ungrouped Conv2d",
+                                        "report the model config: this family's export rewrite assumes one")
         self.patch_h, self.patch_w = conv.kernel_size
         self.out_channels = conv.out_channels
         self.proj = torch.nn.Linear(conv.in_channels * self.patch_h * self.patch_w, conv.out_channels,

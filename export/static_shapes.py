@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketvlm.export.registry import ComponentDef, TensorDef
+from pocketvlm.export.spec import ComponentDef, TensorDef
 from pocketvlm.runtime.errors import ExportError
 from pocketvlm.runtime.vlm import ADAPTERS
 
@@ -58,6 +58,14 @@ class StaticShapes:
             raise ExportError(f"unknown static-shape setting(s) {unknown} in {path}",
                               f"use only {sorted(asdict(cls()))}")
         return cls(**{k: int(v) for k, v in data.items()})
+
+
+def prepare_static_bundles(metadata: list[dict[str, Any]], shapes: StaticShapes, config: Any) -> None:
+    """Each bundle's metadata edited for a static-shape target (see ``prepare_metadata``)."""
+    vision = getattr(config, "vision_config", None)
+    multiple = getattr(vision, "patch_size", 0) * getattr(vision, "spatial_merge_size", 0) or None
+    for extra in metadata:
+        prepare_metadata(extra, shapes, multiple)
 
 
 def prepare_metadata(metadata: dict[str, Any], shapes: StaticShapes, patch_multiple: int | None) -> None:

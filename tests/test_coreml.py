@@ -329,7 +329,7 @@ def test_missing_op_is_named(workspace, monkeypatch):
 @pytest.mark.parametrize(("quant", "target", "match"), [
     ("int4", "iOS17", "int4 .*need iOS 18"),
     ("palette4", "iOS16", "palette4 needs iOS 18"),
-    ("fp32", "iOS18", "fp32 is not a Core ML method"),
+    ("fp32", "iOS18", r"fp32 \(image_encoder\) is not available for --target coreml"),
 ])
 def test_unsupported_settings_are_refused_by_name(workspace, tmp_path, quant, target, match):
     from pocketvlm.export.loop import export_bundle
@@ -352,7 +352,8 @@ def test_onnx_only_settings_and_palette_on_other_targets_are_refused(workspace, 
     gptq.write_text(json.dumps({"default": {"method": "int4", "gptq": True}}))
     with pytest.raises(errors.QuantizationError, match="no calibration feeds"):
         export_bundle(workspace.checkpoint("clip"), tmp_path / "b", target="coreml", quant=QuantConfig.parse(str(gptq)))
-    with pytest.raises(errors.QuantizationError, match="palette4 .* is a Core ML method"):
+    refused = r"palette4 \(image_encoder\) is not available for --target onnx \(offered by --target coreml\)"
+    with pytest.raises(errors.QuantizationError, match=refused):
         export_bundle(workspace.checkpoint("clip"), tmp_path / "c", quant=QuantConfig.parse("palette4"))
 
 
@@ -423,7 +424,7 @@ def test_normalisation_statistics_stay_float32(tmp_path):
     and normalises rows to zero; the converter keeps those statistics in float32 and the evaluator computes them so."""
     import torch
 
-    from pocketvlm.export.targets.coreml.convert import compute_precision
+    from pocketvlm.export.targets.coreml.common import compute_precision
 
     class Norm(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from pocketvlm.cli.main import main
-from pocketvlm.export import loop as pipeline
 from pocketvlm.export.checkpoint import read_checkpoint
 from pocketvlm.export.loop import export_bundle
+from pocketvlm.export.targets.onnx import target as onnx_target
 from pocketvlm.runtime import errors, load_bundle
 from pocketvlm.runtime.image import load_image
 
@@ -223,7 +223,7 @@ def test_interrupted_export_leaves_no_bundle(tmp_path, capsys, monkeypatch, work
             raise KeyboardInterrupt
         shutil.copyfile(src, dst)
 
-    monkeypatch.setattr(pipeline, "quantize_file", interrupt)
+    monkeypatch.setattr(onnx_target, "quantize_file", interrupt)
     out = tmp_path / "b"
     code, _, err = run_cli(capsys, "export", "--model", str(workspace.checkpoint("clip")), "--out", str(out))
     assert code == 130 and "interrupted" in err
@@ -239,7 +239,7 @@ def test_interrupted_replacement_keeps_the_old_bundle(tmp_path, monkeypatch, wor
     def fail(src, dst, spec, hessians=None):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "quantize_file", fail)
+    monkeypatch.setattr(onnx_target, "quantize_file", fail)
     with pytest.raises(KeyboardInterrupt):
         export_bundle(workspace.checkpoint("clip"), out)
     assert (out / "manifest.json").read_text() == before

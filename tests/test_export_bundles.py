@@ -10,6 +10,7 @@ from pocketvlm.export import loop as pipeline
 from pocketvlm.export.quant.calibration import FeedRecorder
 from pocketvlm.export.quant.config import QuantConfig, QuantSpec
 from pocketvlm.export.registry import get_family
+from pocketvlm.export.targets.onnx import target as onnx_target
 from pocketvlm.export.verify.vlm_parity import vlm_parity
 from pocketvlm.runtime.dual_encoder import DualEncoder
 from pocketvlm.runtime.errors import ExportError, QuantizationError
@@ -38,7 +39,7 @@ def test_export_bundles_refuses_a_repeated_output(workspace, tmp_path):
 
 
 def test_interrupted_multi_export_leaves_nothing(workspace, tmp_path, monkeypatch):
-    real, calls = pipeline.quantize_file, []
+    real, calls = onnx_target.quantize_file, []
 
     def interrupt_later(src, dst, spec, hessians=None):
         calls.append(dst)
@@ -46,7 +47,7 @@ def test_interrupted_multi_export_leaves_nothing(workspace, tmp_path, monkeypatc
             raise KeyboardInterrupt
         real(src, dst, spec, hessians)
 
-    monkeypatch.setattr(pipeline, "quantize_file", interrupt_later)
+    monkeypatch.setattr(onnx_target, "quantize_file", interrupt_later)
     with pytest.raises(KeyboardInterrupt):
         pipeline.export_bundles(workspace.checkpoint("clip"), [(tmp_path / "a", QuantConfig.parse("fp32")),
                                                                (tmp_path / "b", QuantConfig.parse("int8"))])

@@ -116,11 +116,11 @@ def test_unsupported_tflite_requests_name_the_setting(workspace, tmp_path):
             export_bundle(checkpoint, tmp_path / "out", target="tflite", **kwargs)
     zero_points = tmp_path / "zero_points.json"
     zero_points.write_text(json.dumps({"default": {"method": "int4", "symmetric": False}}))
-    with pytest.raises(errors.QuantizationError, match="'symmetric' is ONNX-only"):
+    with pytest.raises(errors.QuantizationError, match="'symmetric' is not available for --target tflite"):
         export_bundle(checkpoint, tmp_path / "out", target="tflite", quant=QuantConfig.parse(str(zero_points)))
     blocks = tmp_path / "blocks.json"
     blocks.write_text(json.dumps({"default": {"method": "int4", "block_size": 16}}))
-    with pytest.raises(errors.QuantizationError, match="block size 16"):
+    with pytest.raises(errors.QuantizationError, match="block_size 16 is not offered by --target tflite"):
         export_bundle(checkpoint, tmp_path / "out", target="tflite", quant=QuantConfig.parse(str(blocks)))
     with pytest.raises(errors.ExportError, match="kv_capacity 8 is smaller than prefill_length 16"):
         StaticShapes(prefill_length=16, kv_capacity=8)
@@ -131,7 +131,9 @@ def test_int4_recipe_keeps_the_first_and_last_weight_layers_at_8_bits(workspace)
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
 
     from pocketvlm.export.quant.config import QuantSpec
-    from pocketvlm.export.targets.tflite.quantize import check_tflite_spec, tflite_recipe
+    from pocketvlm.export.targets.base import check_capabilities
+    from pocketvlm.export.targets.registry import TARGETS
+    from pocketvlm.export.targets.tflite.quantize import tflite_recipe
 
     bundle_dir = tflite_bundle(workspace, "idefics3", "int4", "standard")
     record = load_bundle(bundle_dir).manifest["components"]["text_decoder"]["quantization"]
@@ -146,7 +148,7 @@ def test_int4_recipe_keeps_the_first_and_last_weight_layers_at_8_bits(workspace)
         assert widths[:3] == ["INT8"] * 3 and widths[-2:] == ["INT8"] * 2, (graph.name, widths)
         assert set(widths[3:-2]) == {"INT4"}, (graph.name, widths)
     # 4 asks for the layer in int4 like the rest: only the other edge gets an int8 entry in the recipe
-    check_tflite_spec(QuantSpec(method="int4", first_layer_bits=4).resolved("text_decoder"), "text_decoder")
+    check_capabilities(TARGETS["tflite"], QuantSpec(method="int4", first_layer_bits=4), "text_decoder", ["tflite"])
     regexes = [entry["regex"] for entry in tflite_recipe(QuantSpec(method="int4", first_layer_bits=4),
                                                          edges=("FIRST", "LAST"))]
     assert "LAST" in regexes and "FIRST" not in regexes

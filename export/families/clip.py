@@ -96,4 +96,4 @@ def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, 
     return common.dual_encoder_metadata(model_dir, bundle_dir, preprocess, max_length, "longest", zero_shot)
 
 
-SPEC = common.register_dual_encoder(sys.modules[__name__], "clip", text_with_mask=True)
+SPEC = common.dual_encoder_spec(sys.modules[__name__], "clip", text_with_mask=True)

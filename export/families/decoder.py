@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pocketvlm.export.registry import TensorDef
+from pocketvlm.export.spec import TensorDef
 
 
 def image_rows(is_image: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from pocketvlm.export.families.loading import field, image_processor, resample_name
-from pocketvlm.export.registry import ComponentDef, FamilySpec, TensorDef, Tolerances, register
+from pocketvlm.export.spec import ComponentDef, FamilySpec, TensorDef, Tolerances
 from pocketvlm.export.tokenizer import load_hf_tokenizer, write_tokenizer
 from pocketvlm.runtime.image import ImagePreprocess
 from pocketvlm.runtime.text import TextConfig
@@ -103,15 +103,26 @@ def dual_encoder_metadata(model_dir: Path, bundle_dir: Path, preprocess: ImagePr
     }
 
 
-# 4-bit text towers with random weights measure 0.95-0.97 worst-prompt cosine (every layer sees every token's error,
-# and the pooled token is one of many); image towers and trained weights are held to the default 0.98.
-TOLERANCES = Tolerances(component_min_cosine={"text_encoder": {"int4": 0.95}})
+# Parity thresholds, per method and where a target measures differently per target/method; the tests read them from
+# here. 4-bit text towers with random weights measure 0.95-0.97 worst-prompt cosine (every layer sees every token's
+# error, and the pooled token is one of many); image towers are held to 0.98. ai-edge-quantizer's int4 (min-max
+# weights, int8 activations) measured 0.964 on the medium random CLIP text tower; Core ML's 4-bit packages (fp16
+# activations) >= 0.95 on the tiny towers. fp16 is judged by cosine and by max abs over the output's scale; zero-shot
+# top-1 agreement only where the bundle should rank exactly as PyTorch (random towers flip near-ties once quantized).
+TOLERANCES = Tolerances(
+    min_cosine={"fp32": 0.99999, "fp16": 0.999, "int8": 0.99, "int4": 0.98,
+                "coreml/fp16": 0.9999, "coreml/int8": 0.999, "coreml/int4": 0.95, "tflite/int4": 0.95},
+    component_min_cosine={"text_encoder": {"int4": 0.95}},
+    max_abs={"fp32": 1e-4},
+    max_abs_relative={"fp16": 1e-2},
+    min_top1_agreement={"fp32": 1.0, "fp16": 1.0},
+)
 
 
-def register_dual_encoder(module: ModuleType, name: str, text_with_mask: bool) -> FamilySpec:
-    """Register a dual-encoder family module by its fixed interface: ``ImageEncoder``, ``TextEncoder``, ``eos_id``,
+def dual_encoder_spec(module: ModuleType, name: str, text_with_mask: bool) -> FamilySpec:
+    """A dual-encoder family module's spec, from its fixed interface: ``ImageEncoder``, ``TextEncoder``, ``eos_id``,
     ``load_model``, ``tiny_config``, ``from_config``, ``bundle_metadata`` and ``default_processor``."""
-    return register(FamilySpec(
+    return FamilySpec(
         name=name,
         model_types=(name,),
         task="zero_shot_image_classification",
@@ -126,4 +137,4 @@ def register_dual_encoder(module: ModuleType, name: str, text_with_mask: bool) -
         bundle_metadata=module.bundle_metadata,
         default_processor=module.default_processor,
         tolerances=TOLERANCES,
-    ))
+    )

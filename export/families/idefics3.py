@@ -12,8 +12,9 @@ import torch
 
 from pocketvlm.export.families import decoder, vlm_common
 from pocketvlm.export.families.loading import field, hf_loaders, image_processor, normalization
-from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul
+from pocketvlm.export.spec import ComponentDef, TensorDef
+from pocketvlm.runtime.errors import ModelDirError
 
 ROW_COL_TOKENS = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
 
@@ -99,7 +100,9 @@ def image_block(proc: Any, config: Any) -> dict[str, Any]:
              "split": bool(proc.do_image_splitting),
              "image_seq_len": int((vc.image_size // vc.patch_size) ** 2 // config.scale_factor**2)}
     if image["tile_size"] != vc.image_size:
-        raise ValueError(f"processor tile {image['tile_size']} != vision image_size {vc.image_size}")
+        raise ModelDirError(f"the image processor's tile size {image['tile_size']} differs from the vision tower's "
+                            f"image_size {vc.image_size}",
+                            "set max_image_size.longest_edge in preprocessor_config.json to the vision image_size")
     return image
 
 
@@ -116,7 +119,7 @@ def hf_reference_inputs(model: Any, input_ids: torch.Tensor, processed: Any) -> 
     return {"pixel_values": torch.from_numpy(processed.pixel_values)[None]}
 
 
-SPEC = vlm_common.register_vlm(
+SPEC = vlm_common.vlm_spec(
     sys.modules[__name__], "idefics3",
     ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example,
                  lambda config: {"tiles": (1, 64), "image_tokens": (1, 1 << 16)}),

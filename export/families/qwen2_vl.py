@@ -12,8 +12,8 @@ import torch
 
 from pocketvlm.export.families import decoder, vlm_common
 from pocketvlm.export.families.loading import field, hf_loaders, image_processor, normalization
-from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import swapped
+from pocketvlm.export.spec import ComponentDef, TensorDef
 
 
 class FullVisionAttention(torch.nn.Module):
@@ -148,7 +148,7 @@ def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, 
                                    image_token="<|image_pad|>")
 
 
-SPEC = vlm_common.register_vlm(
+SPEC = vlm_common.vlm_spec(
     sys.modules[__name__], "qwen2_vl",
     ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example, VISION_BOUNDS),
     vlm_common.text_decoder_component(text_decoder, mrope=True),

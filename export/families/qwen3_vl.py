@@ -13,8 +13,8 @@ import torch
 
 from pocketvlm.export.families import decoder, qwen2_vl, vlm_common
 from pocketvlm.export.families.loading import hf_loaders
-from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import swapped, swapped_attribute
+from pocketvlm.export.spec import ComponentDef, TensorDef
 
 
 class VisionEncoder(torch.nn.Module):
@@ -142,7 +142,7 @@ def bundle_metadata(model: Any, model_dir: Path, bundle_dir: Path) -> dict[str, 
     return meta
 
 
-SPEC = vlm_common.register_vlm(
+SPEC = vlm_common.vlm_spec(
     sys.modules[__name__], "qwen3_vl",
     ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example, qwen2_vl.VISION_BOUNDS),
     ComponentDef("text_decoder", text_decoder, decoder_signature, decoder_example,

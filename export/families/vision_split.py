@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from pocketvlm.export.registry import ComponentDef, TensorDef
 from pocketvlm.export.rewrites import swapped
+from pocketvlm.export.spec import ComponentDef, FamilySpec, TensorDef
+from pocketvlm.runtime.errors import UnsupportedModelError
 
 TABLE_INPUTS = ("interp_indices", "interp_weights")  # Qwen3-VL's learned position table taps
 
@@ -93,3 +94,16 @@ def split(vision: ComponentDef) -> tuple[ComponentDef, ComponentDef]:
                                lambda model: VisionTransformer(vision.wrap(model), names(model.config)),
                                transformer_signature, transformer_example, vision.dim_bounds)
     return frontend, transformer
+
+
+def export_components(family: FamilySpec, split_vision: bool = False) -> tuple[ComponentDef, ...]:
+    """The family's components, with ``vision_encoder`` replaced by ``vision_frontend`` + ``vision_transformer`` when
+    ``split_vision`` is asked (refused, by name, for a family without a split point)."""
+    if not split_vision:
+        return family.components
+    if not family.split_vision:
+        raise UnsupportedModelError(f"family {family.name} has no vision split point", "export without --split-vision")
+    parts: list[ComponentDef] = []
+    for comp in family.components:
+        parts += list(split(comp)) if comp.name == "vision_encoder" else [comp]
+    return tuple(parts)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pocketvlm.export.families import decoder
 from pocketvlm.export.families.decoder import kv_shape
-from pocketvlm.export.registry import ComponentDef, FamilySpec, register
+from pocketvlm.export.spec import ComponentDef, FamilySpec, Tolerances
 from pocketvlm.export.tokenizer import load_hf_tokenizer, write_tokenizer
 from pocketvlm.runtime.errors import TokenizerError
 from pocketvlm.runtime.text import TextConfig
@@ -86,13 +86,31 @@ def text_decoder_component(wrap: Callable[[Any], Any], mrope: bool) -> Component
                         lambda c: decoder.decoder_bounds(c.text_config))
 
 
-def register_vlm(module: ModuleType, name: str, vision: ComponentDef, text: ComponentDef,
-                 split_vision: bool) -> FamilySpec:
-    """Register a VLM family module by its fixed interface: ``load_model``, ``from_config``, ``tiny_config``,
+# Parity thresholds of the VLM families, per method and where a target measures differently per target/method; the
+# tests read them from here. Vision features by cosine (fp16 also by max abs over the output's scale); the decoder by
+# the worst step's next-token logits cosine, teacher-forced on the reference's greedy tokens; greedy tokens exactly at
+# fp32, elsewhere a first divergence only on a near-tie (the reference's top-2 margin within 2x the bundle's logit
+# error at that step). Core ML's 4-bit decoders (fp16 activations, a 2-layer random decoder) measured logits cosine
+# ~0.9 (int4) and 0.86 (palette4), int8 0.998; ONNX and LiteRT int4 >= 0.99 on the usual 0.02 init.
+TOLERANCES = Tolerances(
+    min_cosine={"fp32": 0.99999, "fp16": 0.9999, "int8": 0.99, "int4": 0.98},
+    max_abs={},
+    max_abs_relative={"fp16": 1e-2},
+    logits_min_cosine={"fp32": 0.99999, "fp16": 0.999, "int8": 0.99, "int4": 0.97,
+                       "coreml/int8": 0.995, "coreml/int4": 0.85},
+    min_top1_agreement={"fp32": 1.0, "fp16": 0.875, "int8": 0.8, "int4": 0.5},
+    near_tie_factor={"fp16": 2.0, "int8": 2.0, "int4": 2.0},
+    min_divergence_step={"fp16": 4},
+)
+
+
+def vlm_spec(module: ModuleType, name: str, vision: ComponentDef, text: ComponentDef,
+             split_vision: bool, tolerances: Tolerances = TOLERANCES) -> FamilySpec:
+    """A VLM family module's spec, from its fixed interface: ``load_model``, ``from_config``, ``tiny_config``,
     ``bundle_metadata``, ``default_processor`` and ``hf_reference_inputs``."""
-    return register(FamilySpec(
+    return FamilySpec(
         name=name, model_types=(name,), task="image_text_to_text", components=(vision, text),
         load_model=module.load_model, tiny_config=module.tiny_config, from_config=module.from_config,
         bundle_metadata=module.bundle_metadata, default_processor=module.default_processor,
-        split_vision=split_vision, reference_inputs=module.hf_reference_inputs,
-    ))
+        split_vision=split_vision, reference_inputs=module.hf_reference_inputs, tolerances=tolerances,
+    )

@@ -8,13 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from pocketvlm.runtime.backends import SessionProxy
 
-class FeedRecorder:
+
+class FeedRecorder(SessionProxy):
     """Stands in for a runtime ``Session`` and keeps a copy of every feed it runs: run an fp32 bundle through the
     runtime on representative inputs with its session wrapped, and the feeds are the calibration data for GPTQ."""
 
     def __init__(self, session: Any) -> None:
-        self.session = session
+        super().__init__(session)
         self.feeds: list[dict[str, np.ndarray]] = []
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -22,21 +24,17 @@ class FeedRecorder:
         return self.session.run(feeds)
 
 
-class SignatureFeedRecorder:
+class SignatureFeedRecorder(SessionProxy):
     """Stands in for a runtime ``LiteRTSession`` and keeps the static feeds of every signature call: run an fp32
     LiteRT bundle through the runtime on representative inputs with its sessions wrapped, and ``feeds`` (signature
     name -> feeds) is GPTQ calibration data for ai-edge-quantizer. ``every`` keeps one ``decode`` call in that many
     (each decode feed carries the whole KV buffer)."""
 
     def __init__(self, session: Any, every: int = 4) -> None:
-        self.session = session
-        self.input_names, self.output_names = session.input_names, session.output_names
+        super().__init__(session)
         self.feeds: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in session.runners}
         for name, runner in session.runners.items():
             session.runners[name] = _Recording(runner, self.feeds[name], every if name == "decode" else 1)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.session.run(feeds)
 
 
 class _Recording:

@@ -71,32 +71,6 @@ class QuantSpec:
             spec = replace(spec, accuracy_level=4 if component == "text_decoder" else 0)
         return spec
 
-    def nbits_activations(self) -> str:
-        return ("int8 per block, dynamic (MatMulNBits accuracy_level 4)" if self.accuracy_level == 4
-                else f"float32 (MatMulNBits accuracy_level {self.accuracy_level})")
-
-    def record(self) -> dict[str, Any]:
-        """The manifest's per-component ``quantization`` block."""
-        if self.method == "fp32":
-            return {"method": "fp32", "weights": "float32", "activations": "float32"}
-        if self.method == "fp16":
-            return {"method": "fp16", "weights": "float16", "activations": "float16", "io": "float32"}
-        if self.method == "int8" and self.int8_weight_only:
-            return {"method": "int8", "weights": "int8 block-wise symmetric, MSE-searched scales (MatMulNBits)",
-                    "activations": self.nbits_activations(), "accuracy_level": self.accuracy_level,
-                    "op_types": ["MatMul", "Gemm", "Gather"], "block_size": self.block_size,
-                    "symmetric": True, "embedding_bits": self.embedding_bits}
-        if self.method == "int8":
-            return {"method": "int8", "weights": "int8 per-channel (MatMul), int8 (Gather)",
-                    "activations": "uint8 dynamic per-tensor", "op_types": ["MatMul", "Gather"]}
-        grid = "symmetric" if self.symmetric else "asymmetric (uint8 zero points)"
-        rounding = "GPTQ-calibrated" if self.gptq else "MSE-searched scales"
-        return {"method": "int4", "weights": f"int4 block-wise {grid}, {rounding} (MatMulNBits)",
-                "activations": self.nbits_activations(), "accuracy_level": self.accuracy_level,
-                "op_types": ["MatMul", "Gemm", "Gather"], "block_size": self.block_size,
-                "symmetric": self.symmetric, "gptq": self.gptq, "embedding_bits": self.embedding_bits,
-                "first_layer_bits": self.first_layer_bits, "last_layer_bits": self.last_layer_bits}
-
 
 @dataclass(frozen=True)
 class QuantConfig:
@@ -104,7 +78,11 @@ class QuantConfig:
     components: dict[str, QuantSpec] = field(default_factory=dict)
 
     def for_component(self, name: str) -> QuantSpec:
-        return self.components.get(name, self.default).resolved(name)
+        return self.requested(name).resolved(name)
+
+    def requested(self, name: str) -> QuantSpec:
+        """The spec as written, before per-component defaults: what the capability table is checked against."""
+        return self.components.get(name, self.default)
 
     def to_json(self) -> dict[str, Any]:
         return {"default": asdict(self.default), "components": {k: asdict(v) for k, v in self.components.items()}}

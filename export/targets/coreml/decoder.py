@@ -25,8 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from pocketvlm.export.registry import ComponentDef, TensorDef
+from pocketvlm.export.families.decoder import kv_shape
+from pocketvlm.export.rewrites import grouped_attention
+from pocketvlm.export.spec import ComponentDef, TensorDef
 from pocketvlm.export.static_shapes import dims, synthetic
+from pocketvlm.export.targets.coreml.common import compute_precision, quiet, strip_aliases
 from pocketvlm.runtime.errors import ExportError
 
 STATES = ("key_cache", "value_cache")
@@ -35,8 +38,6 @@ STATES = ("key_cache", "value_cache")
 def stateful_decoder(model: Any, component: ComponentDef, capacity: int) -> Any:
     """The family's decoder with its KV cache moved into fp16 buffers (Core ML states after conversion)."""
     import torch
-
-    from pocketvlm.export.families.decoder import kv_shape
 
     in_defs, out_defs = component.signature(model.config)
     layers, kv_heads, head_dim = kv_shape(getattr(model.config, "text_config", model.config))
@@ -129,9 +130,6 @@ def convert_decoder(model: Any, component: ComponentDef, directory: Path, prefil
     ``merge_functions``. Returns function name -> package."""
     import torch
 
-    from pocketvlm.export.rewrites import grouped_attention
-    from pocketvlm.export.targets.coreml.convert import _quiet, _strip_aliases, compute_precision
-
     if deployment_target != "iOS18":
         raise ExportError(f"the Core ML text_decoder keeps its KV cache in states, which need iOS 18 (the deployment "
                           f"target is {deployment_target})", "use --deployment-target iOS18")
@@ -145,9 +143,9 @@ def convert_decoder(model: Any, component: ComponentDef, directory: Path, prefil
         feeds = decoder_feeds(component, model.config, length, capacity)
         parts[name] = directory / f"{component.name}.{name}.mlpackage"
         try:
-            with _quiet(), torch.no_grad(), grouped_attention(model, fp16=True):
+            with quiet(), torch.no_grad(), grouped_attention(model, fp16=True):
                 program = torch.export.export(module, (), feeds)
-                program = _strip_aliases(program.run_decompositions())
+                program = strip_aliases(program.run_decompositions())
                 mlmodel = ct.convert(program, inputs=_ct_inputs(ct, feeds), states=states,
                                      outputs=[ct.TensorType(name="logits", dtype=np.float32)],
                                      minimum_deployment_target=ct.target.iOS18,
@@ -166,13 +164,11 @@ def merge_functions(parts: dict[str, Path], out: Path) -> None:
     """One multifunction package from single-function ones; identical weights are stored once."""
     import coremltools as ct
 
-    from pocketvlm.export.targets.coreml.convert import _quiet
-
     descriptor = ct.utils.MultiFunctionDescriptor()
     for name, part in parts.items():
         descriptor.add_function(str(part), src_function_name="main", target_function_name=name)
     descriptor.default_function_name = "decode"
-    with _quiet():
+    with quiet():
         ct.utils.save_multifunction(descriptor, str(out))
 
 

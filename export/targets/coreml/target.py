@@ -1,135 +1,148 @@
-"""checkpoint -> Core ML bundles (``pipeline.export_bundles(target="coreml")``): one fp16 ``.mlpackage`` per
-component (each converted in its own process when ``isolate``), then weight compression per bundle. The
-``text_decoder`` is a stateful multifunction package (``coreml_decoder``): its functions are converted and
-compressed one by one, then merged, so identical weights are stored once."""
+"""The Core ML target: one fp16 ``.mlpackage`` per component (each converted in its own process when ``isolate``),
+then weight compression per bundle. The ``text_decoder`` is a stateful multifunction package (``decoder.py``): its
+functions are converted and compressed one by one, then merged, so identical weights are stored once. GPTQ Hessians
+come from hooks on the torch export wrapper, before the model is released; pocketvlm's GPTQ codes and scales are then
+written over coremltools' round-to-nearest int4 ones (``gptq.py``)."""
 
 from __future__ import annotations
 
-import gc
 import shutil
 from pathlib import Path
 from typing import Any
 
-from pocketvlm.export.checkpoint import Checkpoint
-from pocketvlm.export.quant.config import QuantConfig, QuantSpec
-from pocketvlm.export.registry import ComponentDef, FamilySpec
-from pocketvlm.export.static_shapes import StaticShapes, static_examples
-from pocketvlm.export.targets.coreml import convert as coreml_export
-from pocketvlm.export.targets.coreml import decoder as coreml_decoder
-from pocketvlm.export.targets.coreml import gptq as coreml_gptq
-from pocketvlm.runtime.errors import QuantizationError
+from pocketvlm.export.quant.config import QuantSpec
+from pocketvlm.export.spec import ComponentDef
+from pocketvlm.export.static_shapes import LOOP_DIMS, prepare_static_bundles, static_examples
+from pocketvlm.export.targets.base import Capabilities, ExportContext, ExportOptions
+from pocketvlm.export.targets.coreml import decoder, gptq
+from pocketvlm.export.targets.coreml.common import DEPLOYMENT_TARGETS, package_digest
+from pocketvlm.export.targets.coreml.compress import compress_package, quant_record
+from pocketvlm.export.targets.coreml.convert import convert_component
+from pocketvlm.export.targets.coreml.isolate import compress_isolated, convert_isolated
+from pocketvlm.runtime.errors import ExportError, QuantizationError
 
 DECODER = "text_decoder"
+EDGES = {"first_layer_bits": None, "last_layer_bits": None}
 
 
-def export_coreml(checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
-                  stagings: list[Path], quants: list[QuantConfig], say: Any, shapes: StaticShapes,
-                  deployment_target: str, isolate: bool, calibration: Any = None) -> list[dict[str, Any]]:
-    """``calibration``: component name -> feeds recorded through an fp32 bundle (``gptq.FeedRecorder``), for the
-    components whose spec asks for GPTQ (``coreml_gptq``)."""
-    from pocketvlm.export.loop import _manifest, _ticker, load_static
+class CoreMLTarget:
+    name = "coreml"
+    title = "Core ML"
+    precision = "fp16"
+    suffix = ".mlpackage"
+    capabilities: Capabilities = {
+        "fp16": {},
+        "int8": {},
+        "int4": {"block_size": None, "gptq": None, **EDGES},
+        "palette4": dict(EDGES),
+    }
+    calibrates_on_model = True
+    splits_vision = False
 
-    calibrated = sorted(set().union(*(q.gptq_components(tuple(c.name for c in components)) for q in quants)))
-    tick = _ticker(say, 2 + len(components) * (1 + len(stagings)) + len(calibrated))
-    model, extras = load_static(checkpoint, family, stagings, shapes, tick)
-    config = model.config
-    gptq = {}
-    for comp in (c for c in components if c.name in calibrated):
-        tick(f"collecting GPTQ Hessians of {comp.name} on {len(calibration[comp.name])} calibration feeds")
-        gptq[comp.name] = coreml_gptq.calibrate(model, comp, calibration[comp.name])
-    feeds = {comp.name: next(iter(static_examples(comp, config, extras[0], shapes).values())) for comp in components
-             if comp.name != DECODER}
-    if isolate:  # each child loads its own copy: free this one first (peak memory is one component's conversion)
-        del model
-        gc.collect()
-        model = None
-    scratch = stagings[0].with_name(stagings[0].name + "-fp16")
-    scratch.mkdir()
-    try:
-        for comp in components:
-            tick(f"converting {comp.name} to Core ML (fp16{', own process' if isolate else ''})")
-            _convert(model, checkpoint, family, comp, scratch, feeds.get(comp.name), shapes, deployment_target)
-        manifests = []
-        for staging, quant, extra in zip(stagings, quants, extras, strict=True):
-            records = {}
-            for comp in components:
-                spec = quant.for_component(comp.name)
-                tick(f"compressing {comp.name} ({spec.method}) into {staging.name.split('.partial-')[0][1:]}")
-                final = staging / f"{comp.name}.mlpackage"
-                rewrite = gptq.get(comp.name) if spec.gptq else None
-                if comp.name == DECODER:
-                    records[comp.name] = _decoder_record(comp, config, scratch, final, spec, shapes, extra,
-                                                         deployment_target, rewrite, isolate)
-                    continue
-                done = _compress(scratch / f"{comp.name}.mlpackage", final, spec, isolate)
-                _apply_gptq(final, rewrite, spec)
-                records[comp.name] = coreml_export.component_record(comp, config, final, spec, done, feeds[comp.name],
-                                                                    deployment_target)
-            manifests.append(_manifest(checkpoint, family, quant, "coreml", config, extra, records, staging))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return manifests
+    def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
+        target = options.deployment_target
+        if target not in DEPLOYMENT_TARGETS:
+            raise QuantizationError(f"unknown deployment target '{target}'",
+                                    f"use one of {', '.join(DEPLOYMENT_TARGETS)}")
+        if spec.method in ("int4", "palette4") and target != "iOS18":
+            kind = "int4 (per-block) weights need" if spec.method == "int4" else "grouped palette4 needs"
+            raise QuantizationError(f"{kind} iOS 18; the deployment target is {target}",
+                                    "use --deployment-target iOS18, or int8 for older iOS")
+        if component == DECODER and target != "iOS18":
+            raise ExportError(f"the Core ML text_decoder keeps its KV cache in states, which need iOS 18 (the "
+                              f"deployment target is {target})", "use --deployment-target iOS18")
 
+    def prepare(self, ctx: ExportContext) -> None:
+        prepare_static_bundles(ctx.metadata, ctx.options.shapes, ctx.config)
 
-def _convert(model: Any, checkpoint: Checkpoint, family: FamilySpec, comp: ComponentDef, scratch: Path,
-             feeds: dict[str, Any] | None, shapes: StaticShapes, deployment_target: str) -> None:
-    """In process when ``model`` is given, else in a child process that loads the checkpoint itself."""
-    if comp.name == DECODER:
-        if model is None:
-            coreml_export.convert_isolated(checkpoint.path, family.name, comp.name, scratch, {}, deployment_target,
-                                           {"prefill_length": shapes.prefill_length, "capacity": shapes.kv_capacity})
+    def convert(self, ctx: ExportContext, component: ComponentDef) -> None:
+        options, shapes = ctx.options, ctx.options.shapes
+        if component.name == DECODER:
+            ctx.state[DECODER] = {name: decoder.decoder_feeds(component, ctx.config, length, shapes.kv_capacity)
+                                  for name, length in zip(decoder.function_names(shapes.prefill_length),
+                                                          (shapes.prefill_length, 1), strict=True)}
         else:
-            coreml_decoder.convert_decoder(model, comp, scratch, shapes.prefill_length, shapes.kv_capacity,
-                                           deployment_target)
-        return
-    path = scratch / f"{comp.name}.mlpackage"
-    if model is None:
-        coreml_export.convert_isolated(checkpoint.path, family.name, comp.name, path, feeds or {}, deployment_target)
-    else:
-        coreml_export.convert_component(model, comp, path, feeds or {}, deployment_target)
+            examples = static_examples(component, ctx.config, ctx.metadata[0], shapes)
+            ctx.state[component.name] = next(iter(examples.values()))
+        if options.isolate and ctx.model is not None:
+            ctx.release_model()  # each child loads its own copy: peak memory is one component's conversion
+        if component.name == DECODER:
+            if ctx.model is None:
+                convert_isolated(ctx.checkpoint.path, ctx.family.name, DECODER, ctx.scratch, {},
+                                 options.deployment_target,
+                                 {"prefill_length": shapes.prefill_length, "capacity": shapes.kv_capacity})
+            else:
+                decoder.convert_decoder(ctx.model, component, ctx.scratch, shapes.prefill_length, shapes.kv_capacity,
+                                        options.deployment_target)
+            return
+        path, feeds = ctx.scratch / f"{component.name}{self.suffix}", ctx.state[component.name]
+        if ctx.model is None:
+            convert_isolated(ctx.checkpoint.path, ctx.family.name, component.name, path, feeds,
+                             options.deployment_target)
+        else:
+            convert_component(ctx.model, component, path, feeds, options.deployment_target)
 
+    def calibrate(self, ctx: ExportContext, component: ComponentDef, feeds: Any) -> Any:
+        return gptq.calibrate(ctx.model, component, feeds)
 
-def _compress(source: Path, target: Path, spec: QuantSpec, isolate: bool) -> dict[str, Any]:
-    if isolate:
-        return coreml_export.compress_isolated(source, target, spec)
-    with coreml_decoder.without_broken_state_pass():  # only stateful programs need it; harmless elsewhere
-        return coreml_export.compress_package(source, target, spec)
+    def quantize(self, ctx: ExportContext, component: ComponentDef, spec: QuantSpec, dest: Path,
+                 stats: Any) -> dict[str, Any]:
+        if component.name != DECODER:
+            done = self._compress(ctx.scratch / f"{component.name}{self.suffix}", dest, spec, ctx.options.isolate)
+            _apply_gptq(dest, stats, spec)
+            return done
+        # coremltools compresses single-function packages only: each function, then one merged package
+        parts: dict[str, Path] = {}
+        done: dict[str, Any] = {}
+        try:
+            for name in ctx.state[DECODER]:
+                parts[name] = dest.with_name(f".{name}.{dest.name}")
+                done = self._compress(ctx.scratch / f"{DECODER}.{name}{self.suffix}", parts[name], spec,
+                                      ctx.options.isolate)
+                _apply_gptq(parts[name], stats, spec)
+            decoder.merge_functions(parts, dest)
+        finally:
+            for part in parts.values():
+                shutil.rmtree(part, ignore_errors=True)
+        return done
+
+    def describe(self, ctx: ExportContext, component: ComponentDef, spec: QuantSpec, path: Path, index: int,
+                 done: dict[str, Any]) -> dict[str, Any]:
+        inputs, outputs = component.signature(ctx.config)
+        digest, size = package_digest(path)
+        coreml = {"deployment_target": ctx.options.deployment_target, "compute_precision": "float16",
+                  "program": "mlprogram"}
+        record = {"file": path.name, "sha256": digest, "bytes": size, "format": "mlpackage",
+                  "inputs": [t.to_json() for t in inputs], "outputs": [t.to_json() for t in outputs],
+                  "quantization": quant_record(spec, done)}
+        if component.name == DECODER:
+            shapes, functions = ctx.options.shapes, ctx.state[DECODER]
+            image_token = (ctx.metadata[index].get("special_tokens") or {}).get("image_token_id")
+            return {**record, "inputs": [t.to_json() for t in decoder.decoder_inputs(component, ctx.config)],
+                    "outputs": [outputs[0].to_json()],
+                    "static": decoder.decoder_static(functions, shapes.kv_capacity, shapes.prefill_length,
+                                                     image_token),
+                    "coreml": {**coreml, "functions": list(functions), "states": list(decoder.STATES)}}
+        feeds = ctx.state[component.name]
+        dtypes = {t.name: "int32" if str(feeds[t.name].dtype) in ("torch.int64", "torch.int32") else "float32"
+                  for t in inputs}
+        static = {"signatures": {component.name: {k: list(v.shape) for k, v in feeds.items()}}, "dtypes": dtypes,
+                  "loop_inputs": [t.name for t in inputs if t.shape and t.shape[0] in LOOP_DIMS
+                                  and feeds[t.name].shape[0] == 1]}
+        return {**record, "static": static, "coreml": coreml}
+
+    @staticmethod
+    def _compress(source: Path, dest: Path, spec: QuantSpec, isolate: bool) -> dict[str, Any]:
+        if isolate:
+            return compress_isolated(source, dest, spec)
+        with decoder.without_broken_state_pass():  # only stateful programs need it; harmless elsewhere
+            return compress_package(source, dest, spec)
 
 
 def _apply_gptq(package: Path, rewrite: dict[str, Any] | None, spec: QuantSpec) -> None:
     if rewrite is None:
         return
-    done = coreml_gptq.rewrite_int4(package, rewrite["weights"], rewrite["hessians"], spec.block_size)
+    done = gptq.rewrite_int4(package, rewrite["weights"], rewrite["hessians"], spec.block_size)
     if not done:
         raise QuantizationError(f"GPTQ found no int4 weight to rewrite in {package.name}",
                                 "check that the component has Linear layers above coremltools' size threshold")
-
-
-def _decoder_record(comp: ComponentDef, config: Any, scratch: Path, final: Path, spec: QuantSpec,
-                    shapes: StaticShapes, extra: dict[str, Any], deployment_target: str,
-                    rewrite: dict[str, Any] | None = None, isolate: bool = False) -> dict[str, Any]:
-    """Compress each function's package, merge them into one multifunction package, and describe it."""
-    names = coreml_decoder.function_names(shapes.prefill_length)
-    parts: dict[str, Path] = {}
-    done: dict[str, Any] = {}
-    try:
-        for name in names:
-            parts[name] = final.with_name(f".{name}.{final.name}")
-            done = _compress(scratch / f"{comp.name}.{name}.mlpackage", parts[name], spec, isolate)
-            _apply_gptq(parts[name], rewrite, spec)
-        coreml_decoder.merge_functions(parts, final)
-    finally:
-        for part in parts.values():
-            shutil.rmtree(part, ignore_errors=True)
-    functions = {name: coreml_decoder.decoder_feeds(comp, config, length, shapes.kv_capacity)
-                 for name, length in zip(names, (shapes.prefill_length, 1), strict=True)}
-    image_token = (extra.get("special_tokens") or {}).get("image_token_id")
-    digest, size = coreml_export.package_digest(final)
-    _, out_defs = comp.signature(config)
-    return {"file": final.name, "sha256": digest, "bytes": size, "format": "mlpackage",
-            "inputs": [t.to_json() for t in coreml_decoder.decoder_inputs(comp, config)],
-            "outputs": [out_defs[0].to_json()], "quantization": coreml_export.quant_record(spec, done),
-            "static": coreml_decoder.decoder_static(functions, shapes.kv_capacity, shapes.prefill_length,
-                                                    image_token),
-            "coreml": {"deployment_target": deployment_target, "compute_precision": "float16",
-                       "program": "mlprogram", "functions": list(names), "states": list(coreml_decoder.STATES)}}

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from pocketvlm.export.hf_quiet import quiet_tool
-from pocketvlm.export.registry import ComponentDef
 from pocketvlm.export.rewrites import grouped_attention
+from pocketvlm.export.spec import ComponentDef
 from pocketvlm.runtime.errors import ExportError
 
 OPSET = 18  # ORT mobile / web builds support it; nothing our graphs need is newer

@@ -140,3 +140,30 @@ def _int8_dynamic(model: Any, dst: Path) -> None:
 
     quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"],
                      per_channel=True, extra_options={"MatMulConstBOnly": True, "DefaultTensorType": FLOAT})
+
+
+def _nbits_activations(spec: QuantSpec) -> str:
+    return ("int8 per block, dynamic (MatMulNBits accuracy_level 4)" if spec.accuracy_level == 4
+            else f"float32 (MatMulNBits accuracy_level {spec.accuracy_level})")
+
+def quant_record(spec: QuantSpec) -> dict[str, Any]:
+    """The manifest's per-component ``quantization`` block."""
+    if spec.method == "fp32":
+        return {"method": "fp32", "weights": "float32", "activations": "float32"}
+    if spec.method == "fp16":
+        return {"method": "fp16", "weights": "float16", "activations": "float16", "io": "float32"}
+    if spec.method == "int8" and spec.int8_weight_only:
+        return {"method": "int8", "weights": "int8 block-wise symmetric, MSE-searched scales (MatMulNBits)",
+                "activations": _nbits_activations(spec), "accuracy_level": spec.accuracy_level,
+                "op_types": ["MatMul", "Gemm", "Gather"], "block_size": spec.block_size,
+                "symmetric": True, "embedding_bits": spec.embedding_bits}
+    if spec.method == "int8":
+        return {"method": "int8", "weights": "int8 per-channel (MatMul), int8 (Gather)",
+                "activations": "uint8 dynamic per-tensor", "op_types": ["MatMul", "Gather"]}
+    grid = "symmetric" if spec.symmetric else "asymmetric (uint8 zero points)"
+    rounding = "GPTQ-calibrated" if spec.gptq else "MSE-searched scales"
+    return {"method": "int4", "weights": f"int4 block-wise {grid}, {rounding} (MatMulNBits)",
+            "activations": _nbits_activations(spec), "accuracy_level": spec.accuracy_level,
+            "op_types": ["MatMul", "Gemm", "Gather"], "block_size": spec.block_size,
+            "symmetric": spec.symmetric, "gptq": spec.gptq, "embedding_bits": spec.embedding_bits,
+            "first_layer_bits": spec.first_layer_bits, "last_layer_bits": spec.last_layer_bits}

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pocketvlm.export.hf_quiet import quiet_tool
-from pocketvlm.export.registry import ComponentDef
 from pocketvlm.export.rewrites import grouped_attention
+from pocketvlm.export.spec import ComponentDef
 from pocketvlm.export.static_shapes import named_module
 from pocketvlm.runtime.errors import ExportError
 

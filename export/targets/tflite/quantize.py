@@ -15,24 +15,12 @@ import numpy as np
 
 from pocketvlm.export.hf_quiet import quiet_tool
 from pocketvlm.export.quant.config import QuantSpec
-from pocketvlm.export.registry import ComponentDef
+from pocketvlm.export.spec import ComponentDef
 from pocketvlm.export.static_shapes import LOOP_DIMS, StaticShapes
 from pocketvlm.runtime.errors import QuantizationError
 from pocketvlm.runtime.manifest import sha256_file
 
 BLOCK_SIZES = (32, 64, 128, 256)  # what ai-edge-quantizer's blockwise granularity offers
-
-
-def check_tflite_spec(spec: QuantSpec, component: str) -> None:
-    """Settings the ONNX quantizer has and ai-edge-quantizer does not: refuse them by name, never ignore them."""
-    defaults = QuantSpec(method=spec.method).resolved(component)
-    for name in ("symmetric", "accuracy_level", "int8_weight_only"):
-        if getattr(spec, name) != getattr(defaults, name):
-            raise QuantizationError(f"quantization setting '{name}' is ONNX-only; the tflite target cannot apply it",
-                                    f"drop '{name}' from the config for --target tflite")
-    if spec.method == "int4" and spec.block_size not in BLOCK_SIZES:
-        raise QuantizationError(f"int4 block size {spec.block_size} is not offered by ai-edge-quantizer",
-                                f"use one of {BLOCK_SIZES} for --target tflite")
 
 
 LM_HEAD = ".*logits.*"  # the LM head's op scope: its output is "<signature>_logits_output"
@@ -167,7 +155,6 @@ def quantize_tflite(source: Path, target: Path, spec: QuantSpec, component: str,
                     calibration: dict[str, list[dict[str, np.ndarray]]] | None = None) -> None:
     """``calibration`` (signature name -> recorded static feeds, see ``SignatureFeedRecorder``) feeds
     ai-edge-quantizer's GPTQ when ``spec.gptq``."""
-    check_tflite_spec(spec, component)
     if spec.gptq and not calibration:
         raise QuantizationError(f"GPTQ was asked for {component} but no calibration feeds were given for it",
                                 "record feeds through the fp32 LiteRT bundle (SignatureFeedRecorder)")
