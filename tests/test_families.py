@@ -1,4 +1,5 @@
-"""Every registered family: tiny-config export -> load -> run -> compare, and the meta-test that enforces it."""
+"""Every registered dual-encoder family on ONNX: tiny-config export -> load -> run -> compare (the meta-test that
+enforces a parity test per family and target is tests/test_layout.py)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,17 @@ import pytest
 from pocketvlm.export.registry import families
 from pocketvlm.export.verify.parity import dual_encoder_parity
 from pocketvlm.runtime import DualEncoder, load_bundle
-
-# family -> the parity check its tiny-config test runs. Adding a family without a line here (or, for a VLM, in
-# tests/test_vlm.py's VLM_FAMILIES, whose greedy-equality test is its export-and-parity test) fails the meta-test.
-TESTED_FAMILIES = {"clip": dual_encoder_parity, "siglip": dual_encoder_parity}
+from tests.cases import DUAL_ENCODERS
 
 
-def test_every_registered_family_has_an_export_and_parity_test():
-    from tests.test_vlm import VLM_FAMILIES
-
-    missing = sorted(set(families()) - set(TESTED_FAMILIES) - set(VLM_FAMILIES))
-    assert not missing, f"families registered without a tiny-config export-and-parity test: {missing}"
-
-
-@pytest.mark.parametrize("family", sorted(TESTED_FAMILIES))
+@pytest.mark.parity("onnx")
+@pytest.mark.parametrize("family", DUAL_ENCODERS)
 def test_tiny_export_and_parity(workspace, photos, family):
     bundle_dir = workspace.bundle(family, "fp32")                 # export
     bundle = load_bundle(bundle_dir)                               # load (verifies every sha256)
     assert set(bundle.components) == {c.name for c in families()[family].components}
     subset = {k: photos[k] for k in ("astronaut", "coffee", "camera", "logo")}
-    report = TESTED_FAMILIES[family](bundle_dir, workspace.checkpoint(family), photos=subset)  # run + compare
+    report = dual_encoder_parity(bundle_dir, workspace.checkpoint(family), photos=subset)  # run + compare
     for name, row in report["components"].items():
         assert row["max_abs"] <= 1e-4, (name, row)
         assert row["cosine_min"] >= 0.99999, (name, row)
@@ -36,7 +28,7 @@ def test_tiny_export_and_parity(workspace, photos, family):
     assert report["pass"]
 
 
-@pytest.mark.parametrize("family", sorted(TESTED_FAMILIES))
+@pytest.mark.parametrize("family", DUAL_ENCODERS)
 def test_runtime_classify_and_embed(workspace, photos, family):
     model = DualEncoder.load(workspace.bundle(family, "fp32"))
     images = [photos["astronaut"], photos["coffee"]]

@@ -11,9 +11,7 @@ from pocketvlm.runtime import errors
 from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.manifest import load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
-
-VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3")
-SPLIT_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+from tests.cases import SPLIT_FAMILIES, VLM_FAMILIES
 
 
 def two_sizes(photos):
@@ -22,6 +20,7 @@ def two_sizes(photos):
             "coffee-150x100": photos["coffee"].resize((150, 100))}
 
 
+@pytest.mark.parity("onnx")
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_fp32_greedy_equals_transformers_generate(workspace, photos, family):
     report = vlm_parity(workspace.bundle(family, "fp32", "varied"), workspace.checkpoint(family, "varied"),
