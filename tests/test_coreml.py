@@ -23,11 +23,10 @@ from pocketvlm.export.verify.parity import dual_encoder_parity
 from pocketvlm.export.verify.vlm_parity import vlm_parity
 from pocketvlm.runtime import errors
 from pocketvlm.runtime.manifest import load_bundle
-from tests.test_vlm import VLM_FAMILIES
+from tests.cases import DUAL_ENCODERS, VLM_FAMILIES
 
 ct = pytest.importorskip("coremltools")
 
-DUAL_ENCODERS = ("clip", "siglip")
 METHODS = ("fp16", "int8", "int4", "palette4")
 # prompts of ~30-70 tokens run as several 16-token prefill chunks, then decode steps, over 256 cache slots
 SHAPES = {"qwen3_vl": StaticShapes(prefill_length=16, kv_capacity=256, image_size=128)}
@@ -55,11 +54,7 @@ def coreml_vlm(workspace, family: str, quant: str = "fp16", isolate: bool = Fals
     return workspace._bundles[key]
 
 
-def test_every_registered_family_is_covered_for_coreml():
-    missing = sorted(set(families()) - set(DUAL_ENCODERS) - set(VLM_FAMILIES))
-    assert not missing, f"families without a coreml export-and-parity test: {missing}"
-
-
+@pytest.mark.parity("coreml")
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_stateful_decoder_greedy_tokens_equal_pytorch(workspace, photos, family):
     """fp16 packages: vision side close to PyTorch, and prefill (16-token chunks) + 8 decode steps through the
@@ -140,6 +135,7 @@ def test_isolated_decoder_conversion_and_kv_capacity(workspace, photos):
         reference.generate(photos["camera"], prompt="describe " * 120, config=config)
 
 
+@pytest.mark.parity("coreml")
 @pytest.mark.parametrize("family", DUAL_ENCODERS)
 def test_fp16_package_matches_pytorch(workspace, photos, family):
     bundle_dir = coreml_bundles(workspace, family)["fp16"]

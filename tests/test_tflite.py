@@ -12,16 +12,15 @@ import pytest
 
 from pocketvlm.export.loop import export_bundle
 from pocketvlm.export.quant.config import QuantConfig
-from pocketvlm.export.registry import families
 from pocketvlm.export.static_shapes import StaticShapes
 from pocketvlm.export.verify.parity import dual_encoder_parity
 from pocketvlm.export.verify.vlm_parity import vlm_parity
 from pocketvlm.runtime import errors
 from pocketvlm.runtime.manifest import load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
-from tests.test_vlm import VLM_FAMILIES, two_sizes
+from tests.cases import DUAL_ENCODERS, VLM_FAMILIES
+from tests.test_vlm import two_sizes
 
-DUAL_ENCODERS = ("clip", "siglip")
 # small static shapes: prompts of ~30-140 tokens run as several 16-token prefill chunks; the image side is a multiple
 # of each family's patch x merge (28 for Qwen2/2.5-VL, 32 for Qwen3-VL)
 SHAPES = {"qwen3_vl": StaticShapes(prefill_length=16, kv_capacity=256, image_size=128)}
@@ -38,11 +37,7 @@ def tflite_bundle(workspace, family: str, quant: str = "fp32", size: str = "tiny
     return workspace._bundles[key]
 
 
-def test_every_registered_family_has_a_tflite_parity_test():
-    missing = sorted(set(families()) - set(DUAL_ENCODERS) - set(VLM_FAMILIES))
-    assert not missing, f"families without a tflite export-and-parity test: {missing}"
-
-
+@pytest.mark.parity("tflite")
 @pytest.mark.parametrize("family", DUAL_ENCODERS)
 def test_dual_encoder_fp32_matches_pytorch(workspace, photos, family):
     bundle_dir = tflite_bundle(workspace, family)
@@ -57,6 +52,7 @@ def test_dual_encoder_fp32_matches_pytorch(workspace, photos, family):
     assert report["pass"]
 
 
+@pytest.mark.parity("tflite")
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_vlm_fp32_greedy_equals_pytorch_through_prefill_and_decode(workspace, photos, family):
     bundle_dir = tflite_bundle(workspace, family, "fp32", "varied")
