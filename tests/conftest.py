@@ -50,6 +50,34 @@ class Workspace:
         return self._bundles[key]
 
 
+VALIDATED: set[tuple[str, str]] = set()  # (family, target) of every manifest an export in this session wrote
+
+
+@pytest.fixture(scope="session", autouse=True)
+def manifests_validate_against_the_schema() -> None:
+    """Every bundle any test exports, on any target, is checked against the manifest schema before it is published
+    (an export whose manifest does not validate fails the test that made it)."""
+    import json
+
+    import jsonschema
+
+    from pocketvlm.export import loop
+    from pocketvlm.runtime.manifest import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    publish = loop.publish
+
+    def validated(staging: Path, out_dir: Path) -> None:
+        manifest = json.loads((staging / loop.PENDING_MANIFEST).read_text())
+        jsonschema.validate(manifest, schema)
+        VALIDATED.add((manifest["family"], manifest["target"]))
+        publish(staging, out_dir)
+
+    loop.publish = validated
+    yield
+    loop.publish = publish
+
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return Workspace(tmp_path_factory.mktemp("pocketvlm"))

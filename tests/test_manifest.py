@@ -30,6 +30,31 @@ def test_manifest_matches_schema_and_files(workspace, family, quant):
     assert manifest["tokenizer"]["file"] == "tokenizer.json"
 
 
+def test_schema_refuses_what_a_reader_could_not_use(workspace):
+    """The schema is not a constant: static-shape, Core ML and VLM requirements each refuse a manifest without them
+    (every manifest the suite exports is validated by tests/conftest.py)."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    good = json.loads((workspace.bundle("clip", "fp32") / MANIFEST_NAME).read_text())
+    jsonschema.validate(good, schema)
+    cases = {
+        "a tflite component without its static shapes": lambda m: m["components"]["image_encoder"].update(
+            format="tflite"),
+        "a Core ML component without its deployment target": lambda m: m["components"]["image_encoder"].update(
+            format="mlpackage", static={"signatures": {"image_encoder": {"pixel_values": [1, 3, 32, 32]}}}),
+        "a VLM without decoder or chat template": lambda m: m.update(task="image_text_to_text"),
+        "a special token id that is text": lambda m: m["special_tokens"].update(eos_token_id="2"),
+        "a Qwen image config without its patch size": lambda m: m["preprocessing"].update(
+            image={"kind": "qwen2_vl", "resample": "bicubic", "rescale_factor": 1.0, "mean": [0, 0, 0],
+                   "std": [1, 1, 1]}),
+    }
+    for what, mutate in cases.items():
+        bad = json.loads(json.dumps(good))
+        mutate(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+            pytest.fail(f"schema accepted {what}")
+
+
 def test_onnx_graphs_declare_what_the_manifest_says(workspace):
     import onnx
 
