@@ -158,3 +158,9 @@ def named_module(module: Any, in_defs: tuple[TensorDef, ...], out_defs: tuple[Te
             return {t.name: value for t, value in zip(out_defs, outputs, strict=True)}
 
     return Named().eval()
+
+
+def named_wrapper(model: Any, component: ComponentDef) -> tuple[Any, tuple[TensorDef, ...], tuple[TensorDef, ...]]:
+    """The component's export wrapper with named inputs and outputs, and its declared input / output tensors."""
+    in_defs, out_defs = component.signature(model.config)
+    return named_module(component.wrap(model).eval(), in_defs, out_defs), in_defs, out_defs

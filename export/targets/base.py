@@ -9,6 +9,7 @@ bundle and asks the target to describe the result for the manifest.
 from __future__ import annotations
 
 import gc
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,7 +19,7 @@ from pocketvlm.export.checkpoint import Checkpoint
 from pocketvlm.export.quant.config import QuantSpec
 from pocketvlm.export.spec import ComponentDef, FamilySpec
 from pocketvlm.export.static_shapes import StaticShapes
-from pocketvlm.runtime.errors import QuantizationError
+from pocketvlm.runtime.errors import ExportError, QuantizationError
 
 # method -> knob -> the values the target accepts for it (None: any value QuantSpec itself accepts). A knob that is
 # not listed for a method is refused when the request sets it away from QuantSpec's default.
@@ -120,3 +121,12 @@ def capability_table(targets: Mapping[str, Target]) -> dict[str, dict[str, list[
     methods = dict.fromkeys(m for t in targets.values() for m in t.capabilities)
     return {m: {name: sorted(t.capabilities[m]) for name, t in targets.items() if m in t.capabilities}
             for m in methods}
+
+
+def require_tool(module: str, target: str, extra: str) -> Any:
+    """Import a target's converter, or say in one line which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ExportError(f"--target {target} needs {module}, which is not installed",
+                          f'pip install "pocketvlm[{extra}]"') from exc

@@ -2,8 +2,9 @@
 report read from each package's program.
 
 ``parity`` (and the shapes evaluations) run Core ML bundles through the runtime's ``CoreMLSession`` exactly as an
-app would; on macOS the predictor is Core ML itself (``MLModel.predict``), elsewhere it is ``EvaluatorPredictor``.
-Both paths share every line of pre- and post-processing and the comparison code.
+app would; on macOS the predictor is the runtime's own (Core ML itself, ``runtime.coreml.MLModelPredictor``),
+elsewhere ``load_runner`` injects ``EvaluatorPredictor``. Both paths share every line of pre- and post-processing and
+the comparison code.
 
 The risk report is static analysis against Apple's published Neural Engine guidance and known public issues, not a
 measurement: it names, per component, what in the package is known to run badly on or fall back from the ANE, and a
@@ -12,7 +13,7 @@ change that avoids it.
 
 from __future__ import annotations
 
-import sys
+import platform
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,7 @@ from typing import Any
 import numpy as np
 
 from pocketvlm.export.targets.coreml.mil_eval import MILProgram, function_names
-from pocketvlm.runtime.coreml import CoreMLSession
 from pocketvlm.runtime.dual_encoder import DualEncoder
-from pocketvlm.runtime.errors import BundleError
 from pocketvlm.runtime.manifest import Bundle, load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
 
@@ -56,57 +55,13 @@ class EvaluatorPredictor:
         return self.program.new_state()
 
 
-class MLModelPredictor:
-    """A ``runtime.coreml.Predictor`` backed by Core ML itself (macOS only): coremltools' ``MLModel`` per function,
-    compute units ALL (ANE, GPU or CPU per op)."""
-
-    def __init__(self, package: Path, compute_units: str = "ALL") -> None:
-        import coremltools as ct
-
-        self._ct, self._path, self._units = ct, package, getattr(ct.ComputeUnit, compute_units)
-        self._models: dict[str | None, Any] = {}
-        self.name = f"Core ML ({compute_units})"
-        self._load(None)
-
-    def _load(self, function: str | None) -> Any:
-        if function not in self._models:
-            kwargs = {"function_name": function} if function else {}
-            try:
-                self._models[function] = self._ct.models.MLModel(str(self._path), compute_units=self._units, **kwargs)
-            except Exception as exc:  # Core ML reports compile and load failures as RuntimeError / generic ones
-                raise BundleError(f"Core ML cannot load {self._path.name}: {str(exc).splitlines()[0]}",
-                                  "re-export the bundle, or update macOS to the manifest's deployment target") from exc
-        return self._models[function]
-
-    def predict(self, feeds: dict[str, np.ndarray], function: str | None = None,
-                state: Any = None) -> dict[str, np.ndarray]:
-        model = self._load(function)
-        outputs = model.predict(feeds, state=state) if state is not None else model.predict(feeds)
-        return {k: np.asarray(v) for k, v in outputs.items()}
-
-    def make_state(self) -> Any:
-        # the functions of a multifunction package declare the same states, so one MLState serves both
-        return self._load(None).make_state()
-
-
 def load_runner(bundle_dir: Path | str, threads: int = 0) -> DualEncoder | VisionLanguageModel:
-    """The runtime's model for any bundle; a Core ML bundle off macOS runs on the reference evaluator."""
+    """The runtime's model for any bundle. Core ML packages run on the runtime's own choice on macOS (Core ML
+    itself), and on the reference evaluator elsewhere."""
     bundle = load_bundle(bundle_dir)
     cls = VisionLanguageModel if bundle.manifest.get("task") == "image_text_to_text" else DualEncoder
-    if bundle.manifest.get("target") != "coreml":
-        return cls.load(bundle_dir, threads=threads)
-    return cls(bundle, open_sessions(bundle, tuple(bundle.components)))
-
-
-def open_sessions(bundle: Bundle, names: tuple[str, ...]) -> dict[str, CoreMLSession]:
-    """Sessions for a Core ML bundle's components: Core ML on macOS, the reference evaluator elsewhere."""
-    sessions = {}
-    for name in names:
-        spec = bundle.component(name)
-        package = bundle.file(spec.file)
-        predictor = MLModelPredictor(package) if sys.platform == "darwin" else EvaluatorPredictor(package)
-        sessions[name] = CoreMLSession(bundle.file(spec.file), bundle.manifest["components"][name], predictor)
-    return sessions
+    evaluator = None if platform.system() == "Darwin" else EvaluatorPredictor
+    return cls.load(bundle, threads=threads, predictor=evaluator)
 
 
 # -- Neural Engine risk report -----------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from pocketvlm.export.spec import ComponentDef
-from pocketvlm.export.static_shapes import named_module
+from pocketvlm.export.static_shapes import named_wrapper
+from pocketvlm.export.targets.base import require_tool
 from pocketvlm.export.targets.coreml.common import DEFAULT_TARGET, compute_precision, ct_dtype, quiet, strip_aliases
 from pocketvlm.runtime.errors import ExportError
 
@@ -27,14 +28,8 @@ def convert_component(model: Any, component: ComponentDef, path: Path, feeds: di
     """fp16-compute mlprogram of ``component`` at the static shapes of ``feeds`` (name -> example tensor)."""
     import torch
 
-    try:
-        import coremltools as ct
-    except ImportError as exc:
-        raise ExportError("--target coreml needs coremltools, which is not installed",
-                          'pip install "pocketvlm[coreml]"') from exc
-
-    in_defs, out_defs = component.signature(model.config)
-    module = named_module(component.wrap(model).eval(), in_defs, out_defs)
+    ct = require_tool("coremltools", "coreml", "coreml")
+    module, in_defs, out_defs = named_wrapper(model, component)
     try:
         with quiet(), torch.no_grad():
             program = torch.export.export(module, (), {k: feeds[k] for k in (t.name for t in in_defs)})

@@ -26,18 +26,14 @@ EDGES = {"first_layer_bits": None, "last_layer_bits": None}
 
 
 class CoreMLTarget:
-    name = "coreml"
-    title = "Core ML"
-    precision = "fp16"
-    suffix = ".mlpackage"
+    name, title, precision, suffix = "coreml", "Core ML", "fp16", ".mlpackage"
     capabilities: Capabilities = {
         "fp16": {},
         "int8": {},
         "int4": {"block_size": None, "gptq": None, **EDGES},
         "palette4": dict(EDGES),
     }
-    calibrates_on_model = True
-    splits_vision = False
+    calibrates_on_model, splits_vision = True, False
 
     def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
         target = options.deployment_target

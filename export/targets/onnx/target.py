@@ -19,18 +19,14 @@ INT4_KNOBS = ("block_size", "symmetric", "gptq", "accuracy_level", "first_layer_
 
 
 class OnnxTarget:
-    name = "onnx"
-    title = "ONNX"
-    precision = "fp32"
-    suffix = ".onnx"
+    name, title, precision, suffix = "onnx", "ONNX", "fp32", ".onnx"
     capabilities: Capabilities = {
         "fp32": {},
         "fp16": {},
         "int8": {"int8_weight_only": None, "accuracy_level": None, "block_size": None},
         "int4": dict.fromkeys(INT4_KNOBS),
     }
-    calibrates_on_model = False
-    splits_vision = True
+    calibrates_on_model, splits_vision = False, True
 
     def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
         return None

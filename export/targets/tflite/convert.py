@@ -12,7 +12,8 @@ from typing import Any
 from pocketvlm.export.hf_quiet import quiet_tool
 from pocketvlm.export.rewrites import grouped_attention
 from pocketvlm.export.spec import ComponentDef
-from pocketvlm.export.static_shapes import named_module
+from pocketvlm.export.static_shapes import named_wrapper
+from pocketvlm.export.targets.base import require_tool
 from pocketvlm.runtime.errors import ExportError
 
 LIGHTWEIGHT_ABOVE = 500_000_000  # parameters: litert-torch's lazy-constant conversion keeps a 2B model in memory
@@ -25,13 +26,8 @@ def convert_component(model: Any, component: ComponentDef, path: Path, examples:
     # the converter's C++ side logs to stderr below Python's reach; keep INFO lines out of the CLI's output
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GLOG_minloglevel", "2")
-    try:
-        import litert_torch
-    except ImportError as exc:
-        raise ExportError("--target tflite needs litert-torch, which is not installed",
-                          'pip install "pocketvlm[tflite]"') from exc
-    in_defs, out_defs = component.signature(model.config)
-    module = named_module(component.wrap(model).eval(), in_defs, out_defs)
+    litert_torch = require_tool("litert_torch", "tflite", "tflite")
+    module, _, _ = named_wrapper(model, component)
     attention = grouped_attention(model) if component.name == "text_decoder" else contextlib.nullcontext()
     params = sum(p.numel() for p in model.parameters())
     try:

@@ -15,18 +15,14 @@ from pocketvlm.export.targets.tflite.quantize import BLOCK_SIZES, component_reco
 
 
 class TFLiteTarget:
-    name = "tflite"
-    title = "LiteRT"
-    precision = "fp32"
-    suffix = ".tflite"
+    name, title, precision, suffix = "tflite", "LiteRT", "fp32", ".tflite"
     capabilities: Capabilities = {
         "fp32": {},
         "fp16": {},
         "int8": {},
         "int4": {"block_size": BLOCK_SIZES, "gptq": None, "first_layer_bits": None, "last_layer_bits": None},
     }
-    calibrates_on_model = False
-    splits_vision = False
+    calibrates_on_model, splits_vision = False, False
 
     def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
         return None
