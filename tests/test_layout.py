@@ -153,3 +153,28 @@ def test_no_source_file_over_600_lines():
             if lines > 600:
                 long.append((str(path.relative_to(ROOT)), lines))
     assert not long, long
+
+
+def test_readme_capability_table_is_the_code():
+    """The README's method x target table says what the targets' capability tables say."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
+    targets = [cell.strip(" `") for cell in lines[start].strip("|").split("|")[1:]]
+    assert targets == list(TARGETS), targets
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    rows = lines[start + 2 : end]
+    seen = set()
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        method = cells[0].strip("`")
+        seen.add(method)
+        for target, cell in zip(targets, cells[1:], strict=True):
+            table = TARGETS[target].capabilities
+            if cell.startswith("no"):
+                assert method not in table, (method, target)
+                continue
+            assert method in table, (method, target)
+            knobs = {part.split("`")[1] for part in cell.split(",") if "`" in part}
+            assert knobs == set(table[method]), (method, target, knobs, sorted(table[method]))
+    assert seen == {m for t in TARGETS.values() for m in t.capabilities}, seen
