@@ -8,23 +8,57 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from pocketvlm.runtime.errors import BundleError, InputError
 from pocketvlm.runtime.manifest import Bundle
 
+if TYPE_CHECKING:
+    from pocketvlm.runtime.coreml import PredictorFactory
+
 
 class Session(Protocol):
+    """What the runtime relies on from every backend session (and from stand-ins such as calibration recorders).
+
+    ``backend`` says what actually runs the component, for reports (``onnxruntime 1.20.1 CPUExecutionProvider``).
+    ``owns_kv_cache``: a decoder that keeps its KV cache itself (LiteRT, Core ML: static capacity, one cache per
+    session). Its callers pass no ``past_*`` buffers, only an ``attention_mask`` whose filled slots say how many tokens
+    they believe are cached, and ignore ``present_*``; ``reset()`` starts a new sequence. Sessions that do not own a
+    cache (ONNX Runtime: the caller's ``past_*`` in, the new ``present_*`` out) have ``reset()`` as a no-op.
+    """
+
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    backend: str
+    owns_kv_cache: bool
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def reset(self) -> None: ...
+
+
+class SessionProxy:
+    """Forwards the ``Session`` protocol to the session it wraps: the base of stand-ins that watch a session's calls
+    (calibration recorders) while the runtime drives it."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.input_names, self.output_names = session.input_names, session.output_names
+        self.backend, self.owns_kv_cache = session.backend, session.owns_kv_cache
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.session.run(feeds)
+
+    def reset(self) -> None:
+        self.session.reset()
 
 
 class OrtSession:
     """An ONNX Runtime inference session over one bundle component."""
+
+    owns_kv_cache = False  # a decoder graph reads the caller's past_* buffers and returns the new entries
 
     def __init__(self, path: Path, providers: list[str] | None = None, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -43,11 +77,15 @@ class OrtSession:
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
         self.providers = tuple(self._session.get_providers())
+        self.backend = f"onnxruntime {ort.__version__} {' + '.join(self.providers)}"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         used = {name: feeds[name] for name in self.input_names}
         outputs = self._session.run(list(self.output_names), used)
         return dict(zip(self.output_names, outputs))
+
+    def reset(self) -> None:
+        """Nothing to forget: the caller holds the KV cache."""
 
 
 Feeds = dict[str, np.ndarray]
@@ -67,7 +105,11 @@ def run_rows(call: Callable[[Feeds], Feeds], feeds: Feeds, loop: Sequence[str], 
     return {k: np.concatenate([p[k] for p in parts], axis=0) for k in output_names}
 
 
-def open_session(bundle: Bundle, component: str, providers: list[str] | None = None, threads: int = 0) -> Session:
+def open_session(bundle: Bundle, component: str, providers: list[str] | None = None, threads: int = 0,
+                 predictor: PredictorFactory | None = None) -> Session:
+    """A session for one component, by its format. ``providers`` and ``threads`` apply to ONNX Runtime (threads to
+    LiteRT too); ``predictor`` makes the predictor of a Core ML package (default: Core ML itself on macOS, see
+    ``runtime.coreml.platform_predictor``; verification injects pocketvlm's reference evaluator)."""
     spec = bundle.component(component)
     if spec.format == "onnx":
         return OrtSession(bundle.file(spec.file), providers=providers, threads=threads)
@@ -76,8 +118,10 @@ def open_session(bundle: Bundle, component: str, providers: list[str] | None = N
 
         return LiteRTSession(bundle.file(spec.file), bundle.manifest["components"][component], threads=threads)
     if spec.format == "mlpackage":
-        from pocketvlm.runtime.coreml import CoreMLSession
+        from pocketvlm.runtime.coreml import CoreMLSession, platform_predictor
 
-        return CoreMLSession(bundle.file(spec.file), bundle.manifest["components"][component])
+        package = bundle.file(spec.file)
+        return CoreMLSession(package, bundle.manifest["components"][component],
+                             (predictor or platform_predictor)(package))
     raise BundleError(f"component '{component}' has format '{spec.format}', which this runtime cannot run",
                       "export with --target onnx, tflite or coreml")

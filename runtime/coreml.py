@@ -1,15 +1,18 @@
 """Core ML backend session: the runtime's named-tensor contract over a static-shape ``.mlpackage``.
 
-A Core ML component is executed by a *predictor* passed in by the caller: Core ML itself on macOS
-(coremltools' ``MLModel``, wrapped by ``pocketvlm.export.targets.coreml.check.MLModelPredictor``), or the exporter's
-reference evaluator, which is how ``pocketvlm parity`` checks Core ML bundles on Linux. coremltools is the converter
-too, so this module never imports it: the runtime stays numpy plus a backend.
+A Core ML component is executed by a *predictor*. On macOS the runtime picks Core ML itself
+(``MLModelPredictor``: coremltools' ``MLModel``, imported lazily, as ``litert.py`` imports ai-edge-litert); a caller
+may inject another (``open_session(..., predictor=...)``): verification injects the exporter's reference
+evaluator, which is how ``pocketvlm parity`` checks Core ML bundles on Linux. Off macOS with nothing injected, a
+Core ML bundle is refused with a typed error.
 
 Encoders are exported at batch 1 (the Neural Engine wants static shapes): a larger batch runs row by row.
 """
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,7 +27,7 @@ _DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int
 
 class Predictor(Protocol):
     """Runs one package: ``function`` picks a function of a multifunction package (None: its default), ``state``
-    is an object from ``make_state`` (stateful packages: the decoder's KV cache)."""
+    is an object from ``make_state`` (stateful packages: the decoder's KV cache). ``name`` says what runs it."""
 
     name: str
 
@@ -32,6 +35,54 @@ class Predictor(Protocol):
                 state: Any = None) -> dict[str, np.ndarray]: ...
 
     def make_state(self) -> Any: ...
+
+
+PredictorFactory = Callable[[Path], "Predictor | None"]
+
+
+class MLModelPredictor:
+    """Core ML itself (macOS only): coremltools' ``MLModel``, one per function of the package, loaded on first use
+    after the default one; ``compute_units`` ALL by default (ANE, GPU or CPU per op)."""
+
+    def __init__(self, package: Path, compute_units: str = "ALL") -> None:
+        try:
+            import coremltools as ct
+        except ImportError as exc:
+            raise BundleError(f"{package.name} is a Core ML package, and running it needs coremltools (the Python "
+                              "binding of Core ML), which is not installed", "pip install coremltools") from exc
+        if compute_units not in ct.ComputeUnit.__members__:
+            raise InputError(f"unknown Core ML compute units {compute_units!r}",
+                             f"use one of {', '.join(ct.ComputeUnit.__members__)}")
+        self._ct, self._path, self._units = ct, package, ct.ComputeUnit[compute_units]
+        self._models: dict[str | None, Any] = {}
+        self.name = f"coremltools {ct.__version__} MLModel ({compute_units})"
+        self._load(None)
+
+    def _load(self, function: str | None) -> Any:
+        if function not in self._models:
+            kwargs = {"function_name": function} if function else {}
+            try:
+                self._models[function] = self._ct.models.MLModel(str(self._path), compute_units=self._units, **kwargs)
+            except Exception as exc:  # Core ML reports compile and load failures as RuntimeError / generic ones
+                raise BundleError(f"Core ML cannot load {self._path.name}: {str(exc).splitlines()[0]}",
+                                  "re-export the bundle, or update macOS to the manifest's deployment target") from exc
+        return self._models[function]
+
+    def predict(self, feeds: dict[str, np.ndarray], function: str | None = None,
+                state: Any = None) -> dict[str, np.ndarray]:
+        model = self._load(function)
+        outputs = model.predict(feeds, state=state) if state is not None else model.predict(feeds)
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    def make_state(self) -> Any:
+        # the functions of a multifunction package declare the same states, so one MLState serves both
+        return self._load(None).make_state()
+
+
+def platform_predictor(package: Path) -> Predictor | None:
+    """The runtime's own choice: Core ML (``MLModelPredictor``) on macOS; none elsewhere (Core ML exists only on Apple
+    platforms), and ``CoreMLSession`` then explains how to check the bundle instead."""
+    return MLModelPredictor(package) if platform.system() == "Darwin" else None
 
 
 class CoreMLSession:
@@ -52,14 +103,18 @@ class CoreMLSession:
                               "Core ML component", "re-export the bundle with --target coreml")
         self.inputs = next(iter(self.functions.values()))
         if predictor is None:
-            raise BundleError(f"{path.name} is a Core ML package, and Core ML runs only on macOS and iOS through "
-                              "coremltools, which this thin runtime does not import",
-                              "on a Mac load it with export.targets.coreml.check.load_runner (MLModel.predict); "
-                              "on Linux check it with 'pocketvlm parity' (pocketvlm's reference evaluator)")
+            raise BundleError(f"{path.name} is a Core ML package, and Core ML runs only on macOS and iOS",
+                              "run it on a Mac (pip install coremltools); on Linux check it with 'pocketvlm parity' "
+                              "(pocketvlm's reference evaluator)")
         self._predictor = predictor
-        self.providers = (self._predictor.name,)
+        self.backend = predictor.name
         self._state: Any = None
         self._filled = 0
+
+    def reset(self) -> None:
+        """A new sequence: a fresh state (the decoder's KV cache); nothing to do for an encoder."""
+        if self.owns_kv_cache:
+            self._state, self._filled = self._predictor.make_state(), 0
 
     def _call(self, feeds: dict[str, np.ndarray], function: str | None = None) -> dict[str, np.ndarray]:
         cast = {}
@@ -82,15 +137,15 @@ class CoreMLSession:
 
     def _run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The KV cache is the package's state: the runtime's ``attention_mask`` says how many tokens the caller
-        believes are cached; 0 starts a new sequence (a fresh state), any other count must match this session's."""
+        believes are cached, which must match this session's count (``reset()`` starts a new sequence)."""
         capacity, image_token = int(self.static["kv_capacity"]), int(self.static["image_token_id"])
         ids = np.asarray(feeds["input_ids"])
         claimed = int(np.asarray(feeds["attention_mask"])[0, : -ids.shape[1]].sum())
-        if claimed == 0:
-            self._state, self._filled = self._predictor.make_state(), 0
-        elif claimed != self._filled:
+        if self._state is None:
+            self.reset()
+        if claimed != self._filled:
             raise InputError(f"the caller's KV cache holds {claimed} tokens but this Core ML decoder's state holds "
-                             f"{self._filled}", "run one generation at a time per session, from its first token")
+                             f"{self._filled}", "call reset() before each new sequence, and run one at a time")
         check_call(ids, self._filled, capacity, "Core ML")
         logits = None
         for chunk in chunks(feeds, int(self.static["prefill_length"]), image_token):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from pocketvlm.runtime.errors import BundleError, InputError
 from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocess, load_image
 from pocketvlm.runtime.manifest import Bundle, load_bundle
 from pocketvlm.runtime.text import TextConfig, TextTokenizer
+
+if TYPE_CHECKING:
+    from pocketvlm.runtime.coreml import PredictorFactory
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,12 @@ class DualEncoder:
                                zs["prompt_template"])
 
     @classmethod
-    def load(cls, path: Path | str, providers: list[str] | None = None, threads: int = 0,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> DualEncoder:
-        bundle = load_bundle(path)
-        sessions = {name: open_session(bundle, name, providers, threads) for name in ("image_encoder", "text_encoder")}
+    def load(cls, path: Path | str | Bundle, providers: list[str] | None = None, threads: int = 0,
+             max_pixels: int = DEFAULT_MAX_PIXELS, predictor: PredictorFactory | None = None) -> DualEncoder:
+        """``predictor`` runs Core ML packages (default: Core ML itself on macOS; see ``backends.open_session``)."""
+        bundle = path if isinstance(path, Bundle) else load_bundle(path)
+        sessions = {name: open_session(bundle, name, providers, threads, predictor)
+                    for name in ("image_encoder", "text_encoder")}
         return cls(bundle, sessions, max_pixels=max_pixels)
 
     def pixel_values(self, images: Sequence[ImageInput]) -> np.ndarray:

@@ -63,8 +63,8 @@ class KVCache:
 
     The decoder graph reads the whole buffer (``past_*``) with ``attention_mask`` marking the filled slots, and
     returns only the new entries, which are copied into the next free slots: no allocation per token. A decoder
-    session that keeps its cache itself (Core ML states: ``owns_kv_cache``) gets ``track_only``: the mask and the
-    count, no buffers.
+    session that keeps its cache itself (``Session.owns_kv_cache``: LiteRT, Core ML) gets ``track_only``: the mask and
+    the count, no buffers.
     """
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, track_only: bool = False) -> None:

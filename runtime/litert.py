@@ -5,13 +5,13 @@ dynamic tensors for every backend. This adapter closes the gap without changing 
 
 - encoders: a component exported for batch 1 runs once per row of a larger batch (``loop`` axis 0), outputs
   concatenated; any other shape mismatch is an ``InputError`` naming the input and the bundle's shape.
-- ``text_decoder``: two signatures, ``prefill_N`` and ``decode``, over a fixed KV capacity ``C``. The runtime's
-  buffers (any capacity up to ``C``) are copied into ``C``-slot buffers; a prompt is run in chunks of ``N`` tokens,
-  each chunk padded on the left with masked tokens (so the last position, whose logits are returned, is real); the
-  image rows each chunk needs are sliced from ``image_embeds`` by counting image tokens. Only the real tokens' new
-  KV entries are returned, exactly as the ONNX graph returns them. When the next call passes the same buffer arrays
-  grown by exactly those entries (as the runtime's ``KVCache`` does), the ``C``-slot copies are reused instead of
-  copied again; any other buffers (new arrays, another fill count) are copied afresh.
+- ``text_decoder``: two signatures, ``prefill_N`` and ``decode``, over a fixed KV capacity ``C``. The session owns
+  the only KV cache (``owns_kv_cache``, as Core ML's stateful decoder does): one ``C``-slot buffer per layer and kind,
+  allocated once in the signatures' dtype and filled in place with the entries each call returns, so the runtime only
+  tracks lengths and nothing is copied per step on the Python side (LiteRT's signature runner still copies its
+  inputs into the interpreter's tensors on every call). A prompt is run in chunks of ``N`` tokens, each chunk padded
+  on the left with masked tokens (so the last position, whose logits are returned, is real); the image rows each
+  chunk needs are sliced from ``image_embeds`` by counting image tokens. ``reset()`` starts a new sequence.
 
 Needs only numpy and ``ai-edge-litert`` (XNNPACK on CPU).
 """
@@ -68,12 +68,27 @@ class LiteRTSession:
         self.output_names = tuple(t["name"] for t in component["outputs"])
         self.static = dict(component["static"])
         self.runners = {name: _Runner(self._interpreter, name) for name in self._interpreter.get_signature_list()}
-        self.providers = ("LiteRT XNNPACK (CPU)",)
-        # decoder: (caller's past arrays, C-slot copies, mask, filled) after the last call
-        self._kv: tuple[list[Any], dict[str, np.ndarray], np.ndarray, int] | None = None
+        self.backend = f"ai-edge-litert {_version()} XNNPACK (CPU)"
+        self.owns_kv_cache = DECODE in self.runners
+        self._past: dict[str, np.ndarray] = {}  # decoder: the KV cache, [1, kv_heads, C, head_dim] per name
+        self._mask = np.zeros((1, 0), np.int64)  # decoder: 1 for the filled slots
+        self._filled = 0
+        if self.owns_kv_cache:
+            decode = self.runners[DECODE]
+            self._past = {name: np.zeros(shape, dtype) for name, (shape, dtype) in decode.inputs.items()
+                          if name.startswith("past_")}
+            self._mask = np.zeros((1, int(self.static["kv_capacity"])), decode.inputs["attention_mask"][1])
+
+    def reset(self) -> None:
+        """A new sequence (decoders): the used slots are cleared, so a generation never sees the last one's values
+        even where they are masked; nothing to do for an encoder."""
+        for buffer in self._past.values():
+            buffer[:, :, : self._filled] = 0
+        self._mask[:] = 0
+        self._filled = 0
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if DECODE in self.runners:
+        if self.owns_kv_cache:
             return self._run_decoder(feeds)
         (runner,) = self.runners.values()
         shapes = {k: shape for k, (shape, _) in runner.inputs.items()}
@@ -81,45 +96,37 @@ class LiteRTSession:
 
     # -- text_decoder --------------------------------------------------------------------------------------------------
     def _run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call of the runtime's loop (a prompt, or one token) over this session's KV cache: the caller's
+        ``attention_mask`` says how many tokens it believes are cached, which must match; ``past_*`` feeds, if any,
+        are ignored. Returns the last position's ``logits``."""
         capacity, image_token = int(self.static["kv_capacity"]), int(self.static["image_token_id"])
         prefill = next(r for name, r in self.runners.items() if name.startswith(PREFILL_PREFIX))
         prefill_length = prefill.inputs["input_ids"][0][1]
         ids = np.asarray(feeds["input_ids"])
-        past_names = [n for n in self.input_names if n.startswith("past_")]
-        given = np.shape(feeds[past_names[0]])[2]
-        filled_mask = np.asarray(feeds["attention_mask"])[:, :given]
-        check_call(ids, int(filled_mask.sum()), capacity, "LiteRT")
-        sources = [feeds[name] for name in past_names]
-        if self._kv is not None and self._kv[3] == int(filled_mask.sum()) and all(
-                a is b for a, b in zip(sources, self._kv[0])):
-            # the same buffers as the last call, grown only by the entries it returned (the runtime's KVCache): the
-            # C-slot copies already hold them, so a decode step copies nothing
-            past, mask = self._kv[1], self._kv[2]
-        else:
-            past = {}
-            for name in past_names:
-                value = np.asarray(feeds[name])[:, :, : min(given, capacity)]
-                buffer = np.zeros((*value.shape[:2], capacity, value.shape[3]), np.float32)
-                buffer[:, :, : value.shape[2]] = value
-                past[name] = buffer
-            mask = np.zeros((1, capacity), np.int64)
-            mask[:, : min(given, capacity)] = filled_mask[:, :capacity]
-        # the runtime fills its buffer from slot 0 (its mask is 1..1 0..0): new entries go to the next free slots
-        filled = int(mask.sum())
-        logits, presents = None, {n.replace("past_", "present_"): [] for n in past_names}
+        claimed = int(np.asarray(feeds["attention_mask"])[0, : -ids.shape[1]].sum())
+        if claimed != self._filled:
+            raise InputError(f"the caller's KV cache holds {claimed} tokens but this LiteRT decoder's cache holds "
+                             f"{self._filled}", "call reset() before each new sequence, and run one at a time")
+        check_call(ids, self._filled, capacity, "LiteRT")
+        logits = None
         for chunk in chunks(feeds, prefill_length, image_token):
-            runner, size, pad = self.runners[chunk.entry], chunk.pad + chunk.real, chunk.pad
-            step = {**chunk.feeds, **past, "attention_mask": np.concatenate(
-                [mask, np.zeros((1, pad), np.int64), np.ones((1, size - pad), np.int64)], 1)}
-            out = runner(step)
+            size = chunk.pad + chunk.real
+            mask = np.concatenate([self._mask, np.zeros((1, chunk.pad), self._mask.dtype),
+                                   np.ones((1, chunk.real), self._mask.dtype)], 1)
+            out = self.runners[chunk.entry]({**chunk.feeds, **self._past, "attention_mask": mask})
             logits = out["logits"]
-            real = size - pad
-            for name in past_names:
-                entries = out[name.replace("past_", "present_")][:, :, pad:]
-                past[name][:, :, filled : filled + real] = entries
-                presents[name.replace("past_", "present_")].append(entries)
-            mask[:, filled : filled + real] = 1
-            filled += real
-        # keep the caller's arrays alive with the copies: identity then cannot match a new, reused-id buffer
-        self._kv = (sources, past, mask, filled)
-        return {"logits": logits, **{k: np.concatenate(v, axis=2) for k, v in presents.items()}}
+            end = self._filled + chunk.real
+            for name, buffer in self._past.items():  # the new entries go to the next free slots
+                buffer[:, :, self._filled : end] = out[name.replace("past_", "present_")][:, :, chunk.pad : size]
+            self._mask[:, self._filled : end] = 1
+            self._filled = end
+        return {"logits": logits}
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"

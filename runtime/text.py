@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,12 @@ class TextTokenizer:
         """One already-templated prompt -> ids, no special tokens added (chat templates carry their own)."""
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def stream(self) -> TextStream:
+        """An incremental decoder over this tokenizer, for streaming generated text."""
+        return TextStream(self.decode)
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Texts -> ``input_ids`` and ``attention_mask`` (int64, [batch, length])."""
@@ -62,3 +67,53 @@ class TextTokenizer:
             ids[row, : len(enc.ids)] = enc.ids
             mask[row, : len(enc.ids)] = 1
         return {"input_ids": ids, "attention_mask": mask}
+
+
+REPLACEMENT = "\ufffd"  # what a byte-level decoder yields for an incomplete (or invalid) UTF-8 sequence
+
+
+class TextStream:
+    """Incremental detokenisation: a bounded window of ids decoded per token instead of the whole sequence each step.
+
+    As in Hugging Face's text-generation-inference, the window holds the last emitted piece's ids as context (so
+    that decoders that treat a sequence's first token specially, e.g. strip its leading space, treat both decodes
+    alike) and the ids not emitted yet. Each token decodes the context (once, cached) and the whole window; the new
+    suffix is emitted once it does not end in an incomplete UTF-8 sequence (``U+FFFD``), and the window moves up.
+    Text held back for more than ``max_held`` tokens is emitted as it stands (invalid bytes), or forgotten when it
+    adds nothing (skipped special tokens), so the window stays bounded. ``finish`` takes the full decode and returns
+    what is left of it. The pieces add up to exactly the full decode for valid UTF-8, and for byte-level BPE always;
+    a decoder whose output for invalid bytes depends on far context (``ByteFallback`` turns a whole run of byte
+    tokens into U+FFFD for one bad byte) can stream such bytes differently from its full decode.
+    """
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], max_held: int = 8) -> None:
+        self._decode = decode
+        self.max_held = max_held
+        self._window: list[int] = []  # context ids, then the ids not emitted yet (from ``_read``)
+        self._read = 0
+        self._context_text: str | None = ""  # decode(window[:read]); None until needed after the window moved
+        self.emitted = 0  # characters emitted so far
+
+    def push(self, token: int) -> str:
+        """Add one generated id; returns the newly complete text ("" when there is none yet)."""
+        self._window.append(token)
+        if self._context_text is None:
+            self._context_text = self._decode(self._window[: self._read])
+        text = self._decode(self._window)
+        grew = len(text) > len(self._context_text)
+        if not grew or text.endswith(REPLACEMENT):
+            if len(self._window) - self._read <= self.max_held:
+                return ""
+            if not grew:  # nothing visible in the held ids (e.g. special tokens skipped by decode): drop them
+                del self._window[self._read :]
+                return ""
+        piece = text[len(self._context_text) :]
+        self._window = self._window[self._read :]
+        self._read, self._context_text = len(self._window), None
+        self.emitted += len(piece)
+        return piece
+
+    def finish(self, full_text: str) -> str:
+        """The rest of ``full_text`` (the decode of all ids) after what ``push`` emitted: held-back text at the end,
+        e.g. a trailing incomplete character."""
+        return full_text[self.emitted :]

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import numpy as np
@@ -19,6 +19,9 @@ from pocketvlm.runtime.generation import GenerationConfig, KVCache, Sampler
 from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from pocketvlm.runtime.manifest import Bundle, load_bundle
 from pocketvlm.runtime.text import TextConfig, TextTokenizer
+
+if TYPE_CHECKING:
+    from pocketvlm.runtime.coreml import PredictorFactory
 
 DEFAULT_CAPTION_PROMPT = "Describe this image."
 ADAPTERS = {"qwen2_vl": qwen_vl.QwenAdapter, "idefics3": idefics3.Idefics3Adapter}
@@ -53,10 +56,11 @@ class VisionLanguageModel:
         self.max_context = int(manifest["generation"]["max_context"])
 
     @classmethod
-    def load(cls, path: Path | str, providers: dict[str, list[str]] | None = None, threads: int = 0,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> VisionLanguageModel:
-        """``providers`` may differ per component (e.g. the vision side on an NPU provider, the decoder on CPU)."""
-        bundle = load_bundle(path)
+    def load(cls, path: Path | str | Bundle, providers: dict[str, list[str]] | None = None, threads: int = 0,
+             max_pixels: int = DEFAULT_MAX_PIXELS, predictor: PredictorFactory | None = None) -> VisionLanguageModel:
+        """``providers`` may differ per component (e.g. the vision side on an NPU provider, the decoder on CPU);
+        ``predictor`` runs Core ML packages (default: Core ML itself on macOS; see ``backends.open_session``)."""
+        bundle = path if isinstance(path, Bundle) else load_bundle(path)
         if bundle.manifest.get("task") != "image_text_to_text":
             raise BundleError(f"bundle {bundle.path} is a {bundle.manifest.get('task')} bundle, not a VLM",
                               "use caption/ask with a VLM bundle (qwen2_vl, ...)")
@@ -64,7 +68,7 @@ class VisionLanguageModel:
         names = ("vision_frontend", "vision_transformer") if split else ("vision_encoder",)
         for name in (*names, "text_decoder"):
             bundle.component(name)
-        sessions = {name: open_session(bundle, name, (providers or {}).get(name), threads)
+        sessions = {name: open_session(bundle, name, (providers or {}).get(name), threads, predictor)
                     for name in (*names, "text_decoder")}
         return cls(bundle, sessions, max_pixels=max_pixels)
 
@@ -118,8 +122,9 @@ class VisionLanguageModel:
         timings["image_encode_s"] = time.perf_counter() - started
         positions, delta = self.adapter.positions(input_ids, processed)
         decoder = self.sessions["text_decoder"]
+        decoder.reset()
         cache = KVCache(self.decoder["num_layers"], self.decoder["kv_heads"], self.decoder["head_dim"],
-                        len(input_ids) + config.max_new_tokens, track_only=getattr(decoder, "owns_kv_cache", False))
+                        len(input_ids) + config.max_new_tokens, track_only=decoder.owns_kv_cache)
         sampler, stops = Sampler(config), self.eos_ids | set(config.stop_token_ids)
         step_ids, step_positions, tokens, reason = input_ids[None, :], positions, [], "max_new_tokens"
         all_logits: list[np.ndarray] = []
@@ -160,20 +165,20 @@ class VisionLanguageModel:
                  config: GenerationConfig | None = None,
                  on_text: Callable[[str], None] | None = None) -> GenerationResult:
         """Caption or answer (``image=None``: a text-only prompt); ``on_text`` receives the text as it grows
-        (complete characters only)."""
+        (complete characters only; the pieces add up to ``result.text``), decoding a few ids per token."""
         input_ids, processed = self.prepare(image, prompt)
         config = config or GenerationConfig()
-        emitted, ids = "", []
-        stops = self.eos_ids | set(config.stop_token_ids)
+        if on_text is None:
+            return self.generate_ids(input_ids, processed, config)
+        stream, stops = self.tokenizer.stream(), self.eos_ids | set(config.stop_token_ids)
 
-        def stream(token: int) -> None:
-            nonlocal emitted
-            if on_text is None or token in stops:
-                return
-            ids.append(token)
-            text = self.tokenizer.decode(ids)
-            if not text.endswith("\ufffd") and len(text) > len(emitted):
-                on_text(text[len(emitted):])
-                emitted = text
+        def push(token: int) -> None:
+            piece = stream.push(token) if token not in stops else ""
+            if piece:
+                on_text(piece)
 
-        return self.generate_ids(input_ids, processed, config, on_token=stream)
+        result = self.generate_ids(input_ids, processed, config, on_token=push)
+        rest = stream.finish(result.text)
+        if rest:
+            on_text(rest)
+        return result
