@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pocketvlm.cli.common import add_runtime_options
 from pocketvlm.runtime.errors import InputError
+from pocketvlm.runtime.vlm import DEFAULT_CAPTION_PROMPT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optional = parser.add_argument_group("optional")
     optional.add_argument("--image", default=None,
                           help="image file (default: a fixed 448x448 synthetic test pattern)")
-    optional.add_argument("--prompt", default="Describe this image.", help="VLM prompt")
+    optional.add_argument("--prompt", default=DEFAULT_CAPTION_PROMPT,
+                          help=f"VLM prompt (default: {DEFAULT_CAPTION_PROMPT!r})")
     optional.add_argument("--new-tokens", type=int, default=32, help="VLM tokens to decode per run (default 32; "
                                                                       "end-of-sequence is ignored)")
     optional.add_argument("--runs", type=int, default=10, help="timed runs (default 10)")

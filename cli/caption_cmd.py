@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from pocketvlm.cli.common import add_runtime_options
-
-DEFAULT_PROMPT = "Describe this image."
+from pocketvlm.runtime.vlm import DEFAULT_CAPTION_PROMPT
 
 
 def add_arguments(parser: argparse.ArgumentParser, prompt_required: bool = False) -> None:
@@ -18,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser, prompt_required: bool = False
         required.add_argument("--question", "--prompt", dest="prompt", required=True, help="question about the image")
     optional = parser.add_argument_group("optional")
     if not prompt_required:
-        optional.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"instruction (default: {DEFAULT_PROMPT!r})")
+        optional.add_argument("--prompt", default=DEFAULT_CAPTION_PROMPT,
+                              help=f"instruction (default: {DEFAULT_CAPTION_PROMPT!r})")
     optional.add_argument("--max-new-tokens", type=int, default=64, help="stop after this many tokens (default 64)")
     optional.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     optional.add_argument("--temperature", type=float, default=1.0)

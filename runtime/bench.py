@@ -18,11 +18,15 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pocketvlm.runtime.image import ImageInput
+from pocketvlm.runtime.vlm import DEFAULT_CAPTION_PROMPT
+
+if TYPE_CHECKING:
+    from pocketvlm.runtime.coreml import PredictorFactory
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schema" / "bench.schema.json"
@@ -46,7 +50,8 @@ def machine() -> dict[str, Any]:
 
 def runtime_versions() -> dict[str, str]:
     found = {}
-    for name in ("pocketvlm", "numpy", "onnxruntime", "onnxruntime-genai", "torch", "transformers"):
+    for name in ("pocketvlm", "numpy", "onnxruntime", "onnxruntime-genai", "ai-edge-litert", "coremltools", "torch",
+                 "transformers"):
         try:
             found[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
@@ -121,27 +126,31 @@ def component_bytes(bundle: Any, name: str) -> int:
     return int(spec["bytes"]) + ((bundle.path / extra).stat().st_size if extra else 0)
 
 
-def bench_dual_encoder(path: Path, image: ImageInput, runs: int, warmup: int, threads: int,
-                       say: Say) -> tuple[Any, dict[str, Any]]:
+def engines(sessions: dict[str, Any]) -> dict[str, str]:
+    """What actually ran each component, as its session describes itself."""
+    return {name: session.backend for name, session in sessions.items()}
+
+
+def bench_dual_encoder(path: Path, image: ImageInput, runs: int, warmup: int, threads: int, say: Say,
+                       predictor: PredictorFactory | None = None) -> tuple[Any, dict[str, Any]]:
     from pocketvlm.runtime.dual_encoder import DualEncoder
 
-    model = DualEncoder.load(path, threads=threads)
+    model = DualEncoder.load(path, threads=threads, predictor=predictor)
     pixels = model.pixel_values([image])
     tokens = model.tokenizer.encode(model.prompts(["a dog"]))
     say(f"image_encoder: {warmup} warm-up + {runs} runs")
     image_times = timed(lambda: model.sessions["image_encoder"].run({"pixel_values": pixels}), runs, warmup)
     say(f"text_encoder: {warmup} warm-up + {runs} runs")
     text_times = timed(lambda: model.sessions["text_encoder"].run(tokens), runs, warmup)
-    return model.bundle, {"components": {"image_encoder": summarize(image_times),
-                                         "text_encoder": summarize(text_times)}}
+    return model, {"components": {"image_encoder": summarize(image_times), "text_encoder": summarize(text_times)}}
 
 
 def bench_vlm(path: Path, image: ImageInput, prompt: str, new_tokens: int, runs: int, warmup: int, threads: int,
-              say: Say) -> tuple[Any, dict[str, Any]]:
+              say: Say, predictor: PredictorFactory | None = None) -> tuple[Any, dict[str, Any]]:
     from pocketvlm.runtime.generation import GenerationConfig
     from pocketvlm.runtime.vlm import VisionLanguageModel
 
-    model = VisionLanguageModel.load(path, threads=threads)
+    model = VisionLanguageModel.load(path, threads=threads, predictor=predictor)
     ids, processed = model.prepare(image, prompt)
     config = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
     results = []
@@ -167,7 +176,7 @@ def bench_vlm(path: Path, image: ImageInput, prompt: str, new_tokens: int, runs:
         "bytes_per_decode_token": {"weights": component_bytes(model.bundle, "text_decoder"),
                                    "kv_cache_at_mean_context": int(2 * layers * heads * dim * 4 * mean_context)},
     }
-    return model.bundle, figures
+    return model, figures
 
 
 def roofline(figures: dict[str, Any], bandwidth: dict[str, float]) -> dict[str, Any]:
@@ -180,23 +189,25 @@ def roofline(figures: dict[str, Any], bandwidth: dict[str, float]) -> dict[str, 
             "fraction_of_roofline": figures["decode_tokens_per_s"] / limit}
 
 
-def run_bench(path: Path, image: ImageInput, prompt: str = "Describe this image.", new_tokens: int = 32,
+def run_bench(path: Path, image: ImageInput, prompt: str = DEFAULT_CAPTION_PROMPT, new_tokens: int = 32,
               runs: int = 10, warmup: int = 2, threads: int = 0, bandwidth: bool = True,
-              say: Say | None = None) -> dict[str, Any]:
+              say: Say | None = None, predictor: PredictorFactory | None = None) -> dict[str, Any]:
+    """``predictor`` runs Core ML packages (default: Core ML itself on macOS; see ``backends.open_session``)."""
     from pocketvlm.runtime.manifest import load_bundle
 
     say = say or (lambda message: None)
     task = load_bundle(path).manifest.get("task")
     if task == "image_text_to_text":
-        bundle, figures = bench_vlm(path, image, prompt, new_tokens, runs, warmup, threads, say)
+        model, figures = bench_vlm(path, image, prompt, new_tokens, runs, warmup, threads, say, predictor)
     else:
-        bundle, figures = bench_dual_encoder(path, image, runs, warmup, threads, say)
+        model, figures = bench_dual_encoder(path, image, runs, warmup, threads, say, predictor)
+    ran = engines(model.sessions)
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "kind": "bundle_bench",
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(), "tools": runtime_versions(), "threads": threads or os.cpu_count(),
-        "engine": "onnxruntime CPUExecutionProvider", "bundle": bundle_info(bundle), "figures": figures,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "engine": "; ".join(dict.fromkeys(ran.values())), "engines": ran, "bundle": bundle_info(model.bundle),
+        "figures": figures, "peak_rss_bytes": peak_rss_bytes(),
     }
     if bandwidth:
         say("measuring memory bandwidth (STREAM-like copy / add)")

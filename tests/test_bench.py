@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata as importlib_metadata
 
 import jsonschema
 import pytest
@@ -29,11 +30,27 @@ def test_bench_writes_a_schema_valid_result(workspace, photos, tmp_path, capsys,
     assert set(result["figures"]["components"]) == expected
     assert result["bundle"]["quantization"] and result["bundle"]["bytes"] > 0 and result["threads"] == 1
     assert "onnxruntime" in result["tools"] and result["machine"]["logical_cpus"] >= 1
+    # what ran, as the sessions describe themselves
+    assert result["engine"].startswith("onnxruntime ") and result["engine"].endswith(" CPUExecutionProvider")
+    assert set(result["engines"]) == ({"image_encoder", "text_encoder"} if family == "clip"
+                                      else {"vision_encoder", "text_decoder"})
     if family == "qwen2_vl":
         figures = result["figures"]
         assert figures["new_tokens"] == 6 and figures["decode_tokens_per_s"] > 0
         assert result["roofline"]["fraction_of_roofline"] > 0
         assert "tokens/s" in capsys.readouterr().out
+
+
+def test_bench_records_the_litert_backend(workspace, photos):
+    from pocketvlm.runtime.bench import run_bench
+    from tests.test_tflite import tflite_bundle
+
+    result = run_bench(tflite_bundle(workspace, "clip"), photos["coffee"], runs=1, warmup=0, threads=1,
+                       bandwidth=False)
+    jsonschema.validate(result, SCHEMA)
+    litert = importlib_metadata.version("ai-edge-litert")
+    assert result["engine"] == f"ai-edge-litert {litert} XNNPACK (CPU)", result["engine"]
+    assert result["engines"] == {"image_encoder": result["engine"], "text_encoder": result["engine"]}
 
 
 def test_roofline_arithmetic():

@@ -1,7 +1,8 @@
 """Task accuracy of the shapes models on the easy-VQA test split, for PyTorch fp32 and for any exported bundle.
 
 - Captioner: caption exact-match (the caption names exactly the right colour and the right shape, nothing else)
-  for the prompt "Describe this image.", and VQA answer accuracy on one package question per image (seeded choice).
+  for the runtime's default caption prompt (``DEFAULT_CAPTION_PROMPT``), and VQA answer accuracy on one package
+  question per image (seeded choice).
 - Shapes CLIP: zero-shot top-1 accuracy over the 24 colour x shape labels.
 
 The PyTorch and bundle paths feed identical inputs (the runtime's own preprocessing and prompt ids), so a difference

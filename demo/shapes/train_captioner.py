@@ -24,8 +24,10 @@ import torch
 from pocketvlm.demo.shapes import captioner
 from pocketvlm.demo.shapes.data import COLOURS, SHAPES, Sample, load_split
 from pocketvlm.runtime.idefics3 import Idefics3Adapter, TiledImage, preprocess
+from pocketvlm.runtime.vlm import DEFAULT_CAPTION_PROMPT
 
-CAPTION_PROMPTS = ("Describe this image.", "What is in the image?", "Caption this image.", "What do you see?")
+# the runtime's default prompt first (the one the evaluation captions with), then paraphrases
+CAPTION_PROMPTS = (DEFAULT_CAPTION_PROMPT, "What is in the image?", "Caption this image.", "What do you see?")
 
 
 class PromptBuilder:
