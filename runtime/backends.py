@@ -6,13 +6,12 @@ inputs to named numpy outputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from pocketvlm.runtime.errors import BundleError, InputError
+from pocketvlm.runtime.errors import BundleError
 from pocketvlm.runtime.manifest import Bundle
 
 if TYPE_CHECKING:
@@ -86,23 +85,6 @@ class OrtSession:
 
     def reset(self) -> None:
         """Nothing to forget: the caller holds the KV cache."""
-
-
-Feeds = dict[str, np.ndarray]
-
-
-def run_rows(call: Callable[[Feeds], Feeds], feeds: Feeds, loop: Sequence[str], shapes: dict[str, tuple[int, ...]],
-             output_names: Sequence[str]) -> Feeds:
-    """A static-shape component exported at batch 1 over a batch: ``call`` once per row of the ``loop`` inputs
-    (the rest passed whole), outputs concatenated. Feeds that already have the static shapes go through once."""
-    if not loop or all(np.shape(feeds[k]) == tuple(shapes[k]) for k in shapes):
-        return call(feeds)
-    rows = {np.shape(feeds[k])[0] for k in loop}
-    if len(rows) != 1:
-        raise InputError(f"inputs {list(loop)} disagree on their first dimension: {sorted(rows)}",
-                         "pass the same number of rows for each")
-    parts = [call({k: (v[i : i + 1] if k in loop else v) for k, v in feeds.items()}) for i in range(rows.pop())]
-    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in output_names}
 
 
 def open_session(bundle: Bundle, component: str, providers: list[str] | None = None, threads: int = 0,

@@ -18,9 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pocketvlm.runtime.backends import run_rows
 from pocketvlm.runtime.errors import BundleError, InputError
-from pocketvlm.runtime.static_decode import check_call, chunks
+from pocketvlm.runtime.static_decode import check_call, chunks, run_rows
 
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
 

@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pocketvlm.runtime.backends import run_rows
 from pocketvlm.runtime.errors import BundleError, InputError
-from pocketvlm.runtime.static_decode import DECODE, PREFILL_PREFIX, check_call, chunks
+from pocketvlm.runtime.static_decode import DECODE, PREFILL_PREFIX, check_call, chunks, run_rows
 
 
 class _Runner:

@@ -4,12 +4,13 @@ The runtime's generation loop sends a whole prompt, then one token per step, wit
 has a ``prefill_N`` entry point (N new tokens) and a ``decode`` one (1 token) over a fixed KV capacity. ``chunks``
 splits one call into such steps: each chunk is padded on the left with masked tokens (so the last position, whose
 logits are returned, is real), its positions are padded with the first real one, and the image rows it needs are
-sliced from ``image_embeds`` (and ``deepstack_embeds``) by counting image tokens.
+sliced from ``image_embeds`` (and ``deepstack_embeds``) by counting image tokens. ``run_rows`` does the same for
+static encoders exported at batch 1: one call per row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,3 +70,20 @@ def image_slice(rows: np.ndarray, start: int, size: int, axis: int) -> np.ndarra
     row; the graph only reads rows at image-token positions."""
     taken = np.take(rows, np.arange(start, start + size).clip(max=rows.shape[axis] - 1), axis=axis)
     return np.ascontiguousarray(taken, dtype=np.float32)
+
+
+Feeds = dict[str, np.ndarray]
+
+
+def run_rows(call: Callable[[Feeds], Feeds], feeds: Feeds, loop: Sequence[str], shapes: dict[str, tuple[int, ...]],
+             output_names: Sequence[str]) -> Feeds:
+    """A static-shape component exported at batch 1 over a batch: ``call`` once per row of the ``loop`` inputs
+    (the rest passed whole), outputs concatenated. Feeds that already have the static shapes go through once."""
+    if not loop or all(np.shape(feeds[k]) == tuple(shapes[k]) for k in shapes):
+        return call(feeds)
+    rows = {np.shape(feeds[k])[0] for k in loop}
+    if len(rows) != 1:
+        raise InputError(f"inputs {list(loop)} disagree on their first dimension: {sorted(rows)}",
+                         "pass the same number of rows for each")
+    parts = [call({k: (v[i : i + 1] if k in loop else v) for k, v in feeds.items()}) for i in range(rows.pop())]
+    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in output_names}
