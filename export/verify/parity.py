@@ -3,7 +3,8 @@
 The reference is the Hugging Face model driven the way a transformers user would drive it (its own image processor,
 tokenizer and ``get_*_features``). Each component is compared on identical inputs (so preprocessing error does not
 hide in it), preprocessing and tokenization are compared separately, and the end-to-end zero-shot top-1 is compared
-on the photos with the runtime doing everything.
+on the photos with the runtime doing everything. Every figure with a registered threshold (the family's
+``Tolerances``) is a PASS/FAIL line of the report (``verdict.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pocketvlm.export.registry import get_family
 from pocketvlm.export.targets.coreml.check import format_risks, load_runner, risk_section
 from pocketvlm.export.targets.tflite.delegates import delegate_section, format_coverage
 from pocketvlm.export.verify.photos import PHOTO_LABELS, load_photos
+from pocketvlm.export.verify.verdict import Check, check, coarsest, component_checks, format_checks, verdict
 from pocketvlm.runtime.dual_encoder import DualEncoder
 from pocketvlm.runtime.errors import BundleError
 
@@ -109,25 +111,32 @@ def _dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: 
     ref_top1 = top1(ref_image, ref_text)
     end_to_end = top1(runner.image_features(images), runner.text_features(prompts))
     method = {name: spec.quantization["method"] for name, spec in runner.bundle.components.items()}
-    components = {
-        "image_encoder": Comparison.of(ref_image, got_image),
-        "text_encoder": Comparison.of(ref_text, got_text),
-    }
+    target = str(runner.bundle.manifest["target"])
     tolerances = family.tolerances
-    rows = {}
-    for name, comp in components.items():
-        limit = tolerances.cosine_for(name, method[name])
-        ok = comp.cosine_min >= limit and (method[name] != "fp32" or comp.max_abs <= tolerances.fp32_max_abs)
-        rows[name] = {**comp.__dict__, "quantization": method[name], "min_cosine_required": limit,
-                      "max_abs_required": tolerances.fp32_max_abs if method[name] == "fp32" else None, "pass": ok}
+    rows: dict[str, dict[str, Any]] = {}
+    checks: list[Check] = []
+    for name, (ref, got) in {"image_encoder": (ref_image, got_image), "text_encoder": (ref_text, got_text)}.items():
+        row = {**Comparison.of(ref, got).__dict__, "reference_max_abs": float(np.abs(ref).max()),
+               "quantization": method[name]}
+        lines = component_checks(tolerances, name, method[name], target, row)
+        rows[name] = {**row, "pass": all(c.passed for c in lines)}
+        checks += lines
     ids_equal = our_text["input_ids"].shape == hf_text["input_ids"].shape and bool(
         (our_text["input_ids"] == hf_text["input_ids"]).all())
     preprocessing = {"pixel_values_max_abs": float(np.abs(our_pixels - hf_pixels).max()), "input_ids_equal": ids_equal}
+    checks += check("preprocessing", "pixel_values max abs (runtime vs HF)", preprocessing["pixel_values_max_abs"],
+                    "<=", tolerances.pixel_max_abs)
+    checks += check("preprocessing", "input_ids equal (runtime vs HF)", float(ids_equal), "==", 1.0)
     agreement = float((ref_top1 == end_to_end).mean())
+    overall = coarsest(method.values())
+    checks += check("end_to_end", "zero-shot top-1 agreement", agreement, ">=",
+                    tolerances.limit("min_top1_agreement", overall, target), overall,
+                    f"{len(images)} photos x {len(labels)} labels")
     return {
         "bundle": str(bundle_dir),
         "model": str(model_dir),
         "family": family.name,
+        "target": target,
         "photos": list(photos),
         "labels": labels,
         "components": rows,
@@ -137,25 +146,22 @@ def _dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: 
         "bundle_bytes": runner.bundle.total_bytes,
         **delegate_section(runner.bundle),
         **risk_section(runner.bundle),
-        "pass": all(r["pass"] for r in rows.values()) and ids_equal
-        and preprocessing["pixel_values_max_abs"] <= 1e-5,
+        **verdict(checks),
     }
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"parity: {report['bundle']} vs {report['model']} ({report['family']}, {len(report['photos'])} photos)",
-             f"{'component':<16}{'quant':<7}{'max abs':>11}{'mean abs':>11}{'cos min':>10}{'cos mean':>10}  result"]
+    lines = [f"parity: {report['bundle']} vs {report['model']} ({report['family']}, {report['target']}, "
+             f"{len(report['photos'])} photos)",
+             f"{'component':<16}{'quant':<9}{'max abs':>11}{'mean abs':>11}{'cos min':>10}{'cos mean':>10}"]
     for name, row in report["components"].items():
-        lines.append(f"{name:<16}{row['quantization']:<7}{row['max_abs']:>11.3e}{row['mean_abs']:>11.3e}"
-                     f"{row['cosine_min']:>10.5f}{row['cosine_mean']:>10.5f}  {'PASS' if row['pass'] else 'FAIL'}")
-    pre = report["preprocessing"]
-    lines.append(f"preprocessing: pixel_values max abs {pre['pixel_values_max_abs']:.2e}; "
-                 f"input_ids {'equal' if pre['input_ids_equal'] else 'DIFFER'}")
+        lines.append(f"{name:<16}{row['quantization']:<9}{row['max_abs']:>11.3e}{row['mean_abs']:>11.3e}"
+                     f"{row['cosine_min']:>10.5f}{row['cosine_mean']:>10.5f}")
     lines.append(f"zero-shot top-1 agreement: {report['zero_shot']['top1_agreement'] * 100:.1f}% "
                  f"over {len(report['photos'])} photos x {len(report['labels'])} labels")
-    lines.append(f"bundle size: {report['bundle_bytes'] / 1e6:.2f} MB; overall: {'PASS' if report['pass'] else 'FAIL'}")
+    lines.append(f"bundle size: {report['bundle_bytes'] / 1e6:.2f} MB")
     if "delegates" in report:
         lines.append(format_coverage(report["delegates"]))
     if "neural_engine" in report:
         lines.append(format_risks(report["neural_engine"]))
-    return "\n".join(lines)
+    return "\n".join(lines + format_checks(report))
