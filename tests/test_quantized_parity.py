@@ -1,5 +1,6 @@
 """Acceptance of the spine on medium random-weight configs (hidden 256, 4 layers) and the real skimage photos:
-fp32 ONNX vs PyTorch <= 1e-4, int8 image-embedding cosine >= 0.99, int4 >= 0.98, int8 bundle <= 0.3x fp32."""
+fp32 ONNX vs PyTorch within the registered max abs (1e-4), int8 / int4 image-embedding cosine at the registered
+limits (0.99, 0.98; ``dual_encoder.TOLERANCES``), int8 bundle <= 0.3x fp32."""
 
 from __future__ import annotations
 
@@ -29,14 +30,18 @@ def _reference_image_embeds(workspace, family, photos):
 def test_fp32_matches_pytorch_within_1e4(workspace, photos, family):
     report = dual_encoder_parity(workspace.bundle(family, "fp32", "medium"), workspace.checkpoint(family, "medium"),
                                  photos=photos)
+    tolerances = get_family(family).tolerances
     for name in ("image_encoder", "text_encoder"):
-        assert report["components"][name]["max_abs"] <= 1e-4, report["components"][name]
-    assert report["zero_shot"]["top1_agreement"] == 1.0
+        assert report["components"][name]["max_abs"] <= tolerances.limit("max_abs", "fp32", "onnx", name), \
+            report["components"][name]
+    assert report["zero_shot"]["top1_agreement"] >= tolerances.limit("min_top1_agreement", "fp32", "onnx")
+    assert report["pass"], report["failed"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize(("quant", "min_cosine"), [("int8", 0.99), ("int4", 0.98)])
-def test_quantized_image_embeddings_cosine(workspace, photos, family, quant, min_cosine):
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantized_image_embeddings_cosine(workspace, photos, family, quant):
+    min_cosine = get_family(family).tolerances.limit("min_cosine", quant, "onnx", "image_encoder")
     pixels, reference = _reference_image_embeds(workspace, family, photos)
     runner = DualEncoder.load(workspace.bundle(family, quant, "medium"))
     got = runner.sessions["image_encoder"].run({"pixel_values": pixels})["image_embeds"]
