@@ -92,4 +92,5 @@ def test_gptq_int4_is_calibrated_on_recorded_feeds_and_recorded(workspace, photo
     record = load_bundle(out).manifest["components"]["text_decoder"]["quantization"]
     assert record["gptq"] is True and record["symmetric"] is False and "GPTQ" in record["weights"]
     report = vlm_parity(out, checkpoint, photos={"astronaut": photos["astronaut"].resize((140, 140))}, steps=16)
-    assert min(report["photos"][0]["logits"]["per_step_cosine"]) >= 0.97, report["photos"][0]["logits"]
+    floor = get_family("idefics3").tolerances.limit("logits_min_cosine", "int4", "onnx")
+    assert min(report["photos"][0]["logits"]["per_step_cosine"]) >= floor, report["photos"][0]["logits"]
