@@ -20,23 +20,15 @@ from pocketvlm.runtime.dual_encoder import DualEncoder
 from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.manifest import load_bundle
 from pocketvlm.runtime.vlm import DEFAULT_CAPTION_PROMPT, VisionLanguageModel
-from tests.test_coreml import coreml_vlm
+from tests.test_coreml import coreml_bundles, coreml_vlm
 
 pytest.importorskip("coremltools")
 from pocketvlm.export.targets.coreml.check import EvaluatorPredictor, load_runner  # noqa: E402
 
 
 def coreml_clip(workspace) -> Path:
-    """An fp16 Core ML bundle of the tiny CLIP checkpoint (one bundle, components converted in-process)."""
-    from pocketvlm.export.loop import export_bundles
-    from pocketvlm.export.quant.config import QuantConfig
-
-    key = ("coreml", "clip", "fp16 only")
-    if key not in workspace._bundles:
-        out = workspace.root / "coreml-clip-fp16-only"
-        workspace._bundles[key] = export_bundles(workspace.checkpoint("clip"), [(out, QuantConfig.parse("fp16"))],
-                                                 target="coreml", isolate=False)[0]
-    return workspace._bundles[key]
+    """The fp16 Core ML bundle of the tiny CLIP checkpoint (shared with tests/test_coreml.py's exports)."""
+    return coreml_bundles(workspace, "clip")["fp16"]
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -160,6 +160,11 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f"zero-shot top-1 agreement: {report['zero_shot']['top1_agreement'] * 100:.1f}% "
                  f"over {len(report['photos'])} photos x {len(report['labels'])} labels")
     lines.append(f"bundle size: {report['bundle_bytes'] / 1e6:.2f} MB")
+    return finish_table(lines, report)
+
+
+def finish_table(lines: list[str], report: dict[str, Any]) -> str:
+    """A parity table's target sections (delegate coverage, Neural Engine risks) and verdict lines after ``lines``."""
     if "delegates" in report:
         lines.append(format_coverage(report["delegates"]))
     if "neural_engine" in report:

@@ -26,16 +26,15 @@ from pocketvlm.export.checkpoint import read_checkpoint
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.registry import get_family
 from pocketvlm.export.spec import FamilySpec, Tolerances
-from pocketvlm.export.targets.coreml.check import format_risks, load_runner, risk_section
-from pocketvlm.export.targets.tflite.delegates import delegate_section, format_coverage
-from pocketvlm.export.verify.parity import Comparison
+from pocketvlm.export.targets.coreml.check import load_runner, risk_section
+from pocketvlm.export.targets.tflite.delegates import delegate_section
+from pocketvlm.export.verify.parity import Comparison, finish_table
 from pocketvlm.export.verify.photos import load_photos
 from pocketvlm.export.verify.verdict import (
     Check,
     check,
     coarsest,
     component_checks,
-    format_checks,
     verdict,
     worst_per_line,
 )
@@ -210,8 +209,4 @@ def format_vlm_table(report: dict[str, Any]) -> str:
     if cut:
         lines.append(f"not compared (the reference generated the image placeholder token): {', '.join(cut)}")
     lines.append(f"bundle size: {report['bundle_bytes'] / 1e6:.2f} MB; {report['steps']} steps per photo")
-    if "delegates" in report:
-        lines.append(format_coverage(report["delegates"]))
-    if "neural_engine" in report:
-        lines.append(format_risks(report["neural_engine"]))
-    return "\n".join(lines + format_checks(report))
+    return finish_table(lines, report)
