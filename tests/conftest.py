@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ class Workspace:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._checkpoints: dict[tuple[str, str], Path] = {}
-        self._bundles: dict[tuple[str, str, str], Path] = {}
+        self._bundles: dict[tuple, Any] = {}
 
     def checkpoint(self, family: str, size: str = "tiny") -> Path:
         from pocketvlm.export.synthetic import build_checkpoint
@@ -39,15 +40,31 @@ class Workspace:
                                                       **SIZES[size])
         return self._checkpoints[key]
 
-    def bundle(self, family: str, quant: str = "fp32", size: str = "tiny") -> Path:
-        from pocketvlm.export.loop import export_bundle
+    def bundle(self, family: str, quant: str = "fp32", size: str = "tiny", target: str = "onnx",
+               **options: Any) -> Path:
+        """The bundle of (family, size) at ``quant`` on ``target``, exported once per session. A quantized method
+        brings its group (``GROUPS``) along: one load and one conversion serve every bundle of the group that the
+        suite asks for, instead of one conversion per bundle. ``options`` (static ``shapes``, Core ML ``isolate``)
+        go to ``export_bundles`` and are part of the key."""
+        from pocketvlm.export.loop import export_bundles
         from pocketvlm.export.quant.config import QuantConfig
 
-        key = (family, size, quant)
-        if key not in self._bundles:
-            out = self.root / f"bundle-{family}-{size}-{quant}"
-            self._bundles[key] = export_bundle(self.checkpoint(family, size), out, quant=QuantConfig.parse(quant))
-        return self._bundles[key]
+        def key(q: str) -> tuple:
+            return (target, family, size, q, tuple(sorted(options.items())))
+
+        if key(quant) not in self._bundles:
+            group = GROUPS.get(target, ()) if size in GROUPED_SIZES else ()
+            quants = [quant] + [q for q in group if quant in group and q != quant and key(q) not in self._bundles]
+            serial = len(self._bundles)  # options differ between otherwise equal bundles: directories never clash
+            outs = [(self.root / f"bundle-{target}-{family}-{size}-{q}-{serial}", QuantConfig.parse(q)) for q in quants]
+            made = export_bundles(self.checkpoint(family, size), outs, target=target, **options)
+            self._bundles.update({key(q): path for q, path in zip(quants, made, strict=True)})
+        return self._bundles[key(quant)]
+
+
+# Quantized methods exported together when the suite asks for one of them (the sizes the quantization tests use)
+GROUPS = {"onnx": ("int8", "int4"), "tflite": ("int8", "int4"), "coreml": ("int8", "int4", "palette4")}
+GROUPED_SIZES = ("tiny", "medium", "standard", "fp16")
 
 
 VALIDATED: set[tuple[str, str]] = set()  # (family, target) of every manifest an export in this session wrote

@@ -45,14 +45,8 @@ def coreml_bundles(workspace, family: str) -> dict[str, Path]:
 
 def coreml_vlm(workspace, family: str, quant: str = "fp16", isolate: bool = False,
                shapes: StaticShapes | None = None) -> Path:
-    shapes = shapes or SHAPES.get(family, DEFAULT_SHAPES)
-    key = ("coreml", family, quant, isolate, shapes)
-    if key not in workspace._bundles:
-        out = workspace.root / f"coreml-{family}-{quant}{'-isolated' if isolate else ''}-{shapes.prefill_length}"
-        checkpoint = workspace.checkpoint(family, "fp16")
-        workspace._bundles[key] = export_bundles(checkpoint, [(out, QuantConfig.parse(quant))], target="coreml",
-                                                 isolate=isolate, shapes=shapes)[0]
-    return workspace._bundles[key]
+    return workspace.bundle(family, quant, "fp16", target="coreml", isolate=isolate,
+                            shapes=shapes or SHAPES.get(family, DEFAULT_SHAPES))
 
 
 @pytest.mark.parity("coreml")

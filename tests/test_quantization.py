@@ -10,7 +10,7 @@ from pocketvlm.export.quant.blockwise import dequantize_blocks, quantize_blocks,
 from pocketvlm.export.quant.config import QuantConfig, QuantSpec
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul, swapped
 from pocketvlm.export.targets.onnx.nbits import matmuls_to_nbits
-from pocketvlm.runtime.errors import QuantizationError
+from pocketvlm.runtime.errors import QuantizationError, UnsupportedModelError
 
 
 def test_parse_per_component_config(tmp_path):
@@ -76,7 +76,7 @@ def test_patch_embedding_as_matmul_is_exact():
     conv = torch.nn.Conv2d(3, 16, kernel_size=8, stride=8)
     pixels = torch.randn(2, 3, 32, 48)
     assert torch.allclose(PatchEmbeddingAsMatMul(conv)(pixels), conv(pixels), atol=1e-5)
-    with pytest.raises(ValueError):
+    with pytest.raises(UnsupportedModelError):
         PatchEmbeddingAsMatMul(torch.nn.Conv2d(3, 16, kernel_size=8, stride=4))
 
 

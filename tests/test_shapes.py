@@ -44,15 +44,18 @@ def test_caption_and_answer_scoring():
 
 
 @pytest.fixture(scope="module")
-def clip_bundles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes-clip")
-    checkpoint = shapes_clip.write_checkpoint(root / "ckpt")
-    outs = export_bundles(checkpoint, [(root / q, QuantConfig.parse(q)) for q in ("fp32", "int8")])
-    return checkpoint, dict(zip(("fp32", "int8"), outs, strict=True))
+def clip_demo(tmp_path_factory):
+    """The demo's own first run for shapes-clip (checkpoint, then fp32 / int8 / int4 in one export) into a fresh
+    cache: the CLIP test checks those bundles, the demo test that later runs reuse them."""
+    cache = tmp_path_factory.mktemp("shapes-clip-demo")
+    messages: list[str] = []
+    checkpoint = demo.model_checkpoint(cache, "shapes-clip", messages.append)
+    bundles, export_s = demo.model_bundles(checkpoint, cache, "shapes-clip", messages.append)
+    return cache, checkpoint, bundles, messages, export_s
 
 
-def test_shapes_clip_is_trained_and_its_bundle_agrees_with_pytorch(clip_bundles):
-    checkpoint, bundles = clip_bundles
+def test_shapes_clip_is_trained_and_its_bundle_agrees_with_pytorch(clip_demo):
+    _, checkpoint, bundles, _, _ = clip_demo
     samples = load_split("test")[:120]
     model, tokenizer = shapes_clip.build_clip()
     reference = TorchClassifier(model, tokenizer, shapes_clip.image_processor())
@@ -90,14 +93,17 @@ def test_captioner_uses_the_real_smollm2_and_captions_like_pytorch(captioner_bun
     assert onnx_side.answer(samples[0], question.text) == torch_side.answer(samples[0], question.text)
 
 
-def test_demo_exports_once_and_reuses_its_bundles(tmp_path, monkeypatch):
+def test_demo_exports_once_and_reuses_its_bundles(clip_demo, monkeypatch):
+    tmp_path, _, _, exported, export_s = clip_demo  # the first run's export, into this cache
+    assert any("building the shapes-clip checkpoint" in m for m in exported), exported
+    assert any("exporting shapes-clip to fp32, int8, int4" in m for m in exported) and export_s > 0, exported
     monkeypatch.setattr(demo, "MODELS", {"shapes-clip": demo.MODELS["shapes-clip"]})
     monkeypatch.setattr(demo, "DEMO_IMAGES", 12)
     messages: list[str] = []
     first = demo.run_demo(tmp_path, messages.append)
     assert [r["quant"] for r in first["rows"]] == ["fp32", "int8", "int4"]
     assert all(r["accuracy"] >= 0.75 and r["bundle_mb"] > 0 for r in first["rows"]), first["rows"]
-    assert any("exporting shapes-clip" in m for m in messages)
+    assert not any("exporting" in m or "building" in m for m in messages), messages
     messages.clear()
     second = demo.run_demo(tmp_path, messages.append)
     assert not any("exporting" in m or "building" in m for m in messages), messages

@@ -29,13 +29,7 @@ DEFAULT_SHAPES = StaticShapes(prefill_length=16, kv_capacity=256, image_size=112
 
 
 def tflite_bundle(workspace, family: str, quant: str = "fp32", size: str = "tiny"):
-    key = ("tflite", family, size, quant)
-    if key not in workspace._bundles:
-        out = workspace.root / f"tflite-{family}-{size}-{quant}"
-        workspace._bundles[key] = export_bundle(workspace.checkpoint(family, size), out, target="tflite",
-                                                quant=QuantConfig.parse(quant),
-                                                shapes=SHAPES.get(family, DEFAULT_SHAPES))
-    return workspace._bundles[key]
+    return workspace.bundle(family, quant, size, target="tflite", shapes=SHAPES.get(family, DEFAULT_SHAPES))
 
 
 @pytest.mark.parity("tflite")
