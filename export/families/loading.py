@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pocketvlm.runtime.image import RESAMPLE_NAMES
+
 
 def hf_loaders(class_name: str) -> tuple[Callable[[Path], Any], Callable[[Any], Any]]:
     """-> (load_model(checkpoint_dir), from_config(config)) for ``transformers.<class_name>``."""
@@ -44,8 +46,6 @@ def field(size: Any, key: str) -> Any:
 
 
 def resample_name(processor: Any) -> str:
-    from pocketvlm.runtime.image import RESAMPLE_NAMES
-
     return RESAMPLE_NAMES[int(processor.resample)]
 
 

@@ -16,6 +16,7 @@ from pocketvlm.export.families import qwen2_vl, vlm_common
 from pocketvlm.export.families.loading import hf_loaders
 from pocketvlm.export.rewrites import swapped, swapped_attribute
 from pocketvlm.export.spec import ComponentDef, TensorDef
+from pocketvlm.runtime.qwen_vl import window_layout
 
 
 class VisionEncoder(torch.nn.Module):
@@ -59,8 +60,6 @@ def vision_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDe
 
 
 def vision_example(config: Any) -> dict[str, torch.Tensor]:
-    from pocketvlm.runtime.qwen_vl import window_layout
-
     vc = config.vision_config
     feeds = qwen2_vl.vision_example(config)
     index, ids = window_layout(2 * vc.spatial_merge_size, 3 * vc.spatial_merge_size, vc.spatial_merge_size,

@@ -15,6 +15,7 @@ from pocketvlm.export.families import decoder, qwen2_vl, vlm_common
 from pocketvlm.export.families.loading import hf_loaders
 from pocketvlm.export.rewrites import swapped, swapped_attribute
 from pocketvlm.export.spec import ComponentDef, TensorDef
+from pocketvlm.runtime.qwen_vl import position_table_taps
 
 
 class VisionEncoder(torch.nn.Module):
@@ -66,8 +67,6 @@ def vision_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDe
 
 
 def vision_example(config: Any) -> dict[str, torch.Tensor]:
-    from pocketvlm.runtime.qwen_vl import position_table_taps
-
     vc = config.vision_config
     feeds = qwen2_vl.vision_example(config)
     side = int(vc.num_position_embeddings**0.5)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pocketvlm.export.quant.gptq import gptq_quantize
 from pocketvlm.export.targets.coreml.mil_eval import BLOB_SENTINEL, read_spec
 from pocketvlm.runtime.errors import QuantizationError
 
@@ -81,8 +82,6 @@ def rewrite_int4(package: Path, weights: dict[str, np.ndarray], hessians: dict[s
     """Overwrite the int4 codes and scales of ``package`` (single-function, just compressed by coremltools) with
     GPTQ's, for every int4 weight whose source is in ``weights`` (name -> [out, in] float array) and
     ``hessians``. Returns the names rewritten."""
-    from pocketvlm.export.quant.gptq import gptq_quantize
-
     spec = read_spec(package)
     function = spec.mlProgram.functions["main"]
     block = function.block_specializations[function.opset]
