@@ -101,7 +101,7 @@ def test_report_from_result_files(workspace, photos, tmp_path):
     out = tmp_path / "report"
     report["main"](["--results", str(results), "--extra", str(extra), "--out", str(out)])
     text = (out / "report.md").read_text()
-    assert "bundle-clip-tiny-int8 (int8)" in text and "| text_decoder_prefill |" in text
+    assert f"{workspace.bundle('clip', 'int8').name} (int8)" in text and "| text_decoder_prefill |" in text
     assert "Phone projection (a projection, not a measurement)" in text and "| 76.8 |" in text
     assert "clip.json, qwen2_vl.json" in text
     assert "## Decode peers, one run" in text and "| PyTorch eager fp32 |" in text
