@@ -158,6 +158,12 @@ def run_demo(cache: Path, say: Say) -> dict[str, Any]:
     return result
 
 
+def _cell(text: str) -> str:
+    """Generated text as one Markdown table cell: line breaks and pipes would break the row; no text is said so."""
+    flat = " ".join(text.replace("|", "\\|").split())
+    return flat or "(no text)"
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     n = len(result["images"])
     lines = ["# pocketvlm demo: the shapes models (trained here) as ONNX bundles", "",
@@ -176,10 +182,10 @@ def format_markdown(result: dict[str, Any]) -> str:
                   "|---|---|" + "---|" * len(captions)]
         for i, example in enumerate(captions[0]["examples"]):
             lines.append(f"| {example['image_id']} | {example['truth']} | "
-                         + " | ".join(r["examples"][i]["caption"] for r in captions) + " |")
+                         + " | ".join(_cell(r["examples"][i]["caption"]) for r in captions) + " |")
     lines += ["", "The scikit-image photos are out of distribution (the models know 8 colours and 3 shapes); what "
               "each bundle says:", "", "| photo | " + " | ".join(result["photos"]) + " |",
               "|---|" + "---|" * len(result["photos"])]
     for photo in next(iter(result["photos"].values())):
-        lines.append(f"| {photo} | " + " | ".join(out[photo] for out in result["photos"].values()) + " |")
+        lines.append(f"| {photo} | " + " | ".join(_cell(out[photo]) for out in result["photos"].values()) + " |")
     return "\n".join(lines)

@@ -113,3 +113,13 @@ def test_demo_exports_once_and_reuses_its_bundles(clip_demo, monkeypatch):
     assert set(json.loads((tmp_path / "demo_report.json").read_text())["photos"]) == {
         "shapes-clip fp32", "shapes-clip int8", "shapes-clip int4"}
     assert np.isfinite([r["latency_ms"] for r in second["rows"]]).all()
+
+
+def test_demo_report_keeps_one_row_per_photo_whatever_the_models_say():
+    """Generated text with line breaks, pipes or nothing at all stays inside its Markdown cell."""
+    result = {"images": [], "rows": [], "photos": {"captioner fp32": {"rocket": "Ava\n Ava's | a girl", "cell": ""},
+                                                   "captioner int4": {"rocket": "a red apple", "cell": "\n"}}}
+    lines = demo.format_markdown(result).splitlines()
+    rocket, cell = (next(line for line in lines if line.startswith(f"| {p} |")) for p in ("rocket", "cell"))
+    assert rocket == "| rocket | Ava Ava's \\| a girl | a red apple |"
+    assert cell == "| cell | (no text) | (no text) |"
