@@ -123,7 +123,8 @@ def _run(target: Target, checkpoint: Checkpoint, family: FamilySpec, components:
          stagings: list[Path], quants: list[QuantConfig], say: Progress, options: ExportOptions,
          calibration: Calibration) -> list[dict[str, Any]]:
     names = tuple(c.name for c in components)
-    calibrated = [c for c in components if c.name in set().union(*(q.gptq_components(names) for q in quants))]
+    gptq = set().union(*(q.gptq_components(names) for q in quants))
+    calibrated = [c for c in components if c.name in gptq]
     tick = ticker(say, 2 + len(components) * (1 + len(stagings)) + len(calibrated))
     tick(f"loading {family.name} checkpoint {checkpoint.path.name}")
     model = _load(family, checkpoint)
