@@ -26,6 +26,7 @@ from pocketvlm.export.bundle_writer import (
 )
 from pocketvlm.export.checkpoint import Checkpoint, read_checkpoint
 from pocketvlm.export.families.vision_split import export_components
+from pocketvlm.export.golden import write_golden
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.quant.config import QuantConfig
 from pocketvlm.export.registry import family_for_model_type
@@ -83,6 +84,8 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
             manifests = _run(chosen, checkpoint, family, components, stagings, [q for _, q in plan], say, options,
                              calibration or {})
         for staging, manifest in zip(stagings, manifests, strict=True):
+            say(f"recording the golden record (the runtime's run of {staging.name.split('.partial-')[0][1:]})")
+            write_golden(staging, manifest, family, chosen)
             (staging / PENDING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for staging, (out_dir, _) in zip(stagings, plan, strict=True):
             publish(staging, out_dir)

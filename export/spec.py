@@ -75,6 +75,13 @@ class Tolerances:
       minus top-2 logit there is at most this factor times the bundle's max logit error at that step, and not before
       step ``min_divergence_step``; a method absent from ``near_tie_factor`` must generate the reference's tokens.
     - ``pixel_max_abs``: preprocessing (the runtime's pixels against the HF image processor's), any method.
+    - ``golden_*``: what the bundle's golden record holds another engine to (the web demo, the phone apps) when it
+      replays the Python runtime's run: encoder outputs (``golden_output_max_abs_relative``, over the largest
+      recorded magnitude), next-token logits teacher-forced on the recorded tokens and the near-tie margin
+      (``golden_logit_max_abs_relative``), label probabilities (``golden_probability_max_abs``), and pixels
+      (``golden_pixel_levels`` 8-bit levels after normalisation: resizers in other languages may round one level
+      apart). Looser than parity: another engine's kernels sum in another order, and some compute differently
+      (onnxruntime-web runs MatMulNBits in fp32 where native ORT quantizes activations to int8).
     """
 
     min_cosine: dict[str, float] = field(default_factory=lambda: {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99,
@@ -87,9 +94,17 @@ class Tolerances:
     near_tie_factor: dict[str, float] = field(default_factory=dict)
     min_divergence_step: dict[str, int] = field(default_factory=dict)
     pixel_max_abs: float = 1e-5
+    golden_output_max_abs_relative: dict[str, float] = field(default_factory=lambda: {
+        "fp32": 1e-3, "fp16": 2e-2, "int8": 3e-2, "int4": 5e-2})
+    golden_logit_max_abs_relative: dict[str, float] = field(default_factory=lambda: {
+        "fp32": 1e-3, "fp16": 2e-2, "int8": 3e-2, "int4": 5e-2})
+    golden_probability_max_abs: dict[str, float] = field(default_factory=lambda: {
+        "fp32": 1e-3, "fp16": 1e-2, "int8": 2e-2, "int4": 5e-2})
+    golden_pixel_levels: int = 1
 
     TABLES = ("min_cosine", "max_abs", "max_abs_relative", "min_top1_agreement", "logits_min_cosine",
-              "near_tie_factor", "min_divergence_step")
+              "near_tie_factor", "min_divergence_step", "golden_output_max_abs_relative",
+              "golden_logit_max_abs_relative", "golden_probability_max_abs")
 
     def limit(self, check: str, method: str, target: str = "", component: str | None = None) -> float | None:
         """The threshold of ``check`` (a table name) for ``method`` on ``target``, or None where it is not judged."""

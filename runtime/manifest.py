@@ -165,6 +165,13 @@ def verify_files(bundle_dir: Path, manifest: dict[str, Any]) -> None:
 def load_bundle(bundle_dir: Path | str, verify: bool = True) -> Bundle:
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
+    if verify:
+        verify_files(bundle_dir, manifest)
+    return bundle_from_manifest(bundle_dir, manifest)
+
+
+def bundle_from_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Bundle:
+    """The typed bundle of a manifest already read (or, for the exporter, not yet written)."""
     listed = {entry["path"] for entry in manifest["files"]}
     components = {}
     for name, data in manifest["components"].items():
@@ -173,6 +180,4 @@ def load_bundle(bundle_dir: Path | str, verify: bool = True) -> Bundle:
             raise BundleError(f"component '{name}' file {data['file']} is not in the manifest's file list",
                               "re-export the bundle with `pocketvlm export`")
         components[name] = ComponentSpec.from_json(name, data)
-    if verify:
-        verify_files(bundle_dir, manifest)
     return Bundle(path=bundle_dir, manifest=manifest, components=components)

@@ -69,8 +69,9 @@ GROUPED_SIZES = ("tiny", "medium", "standard", "fp16")
 
 @pytest.fixture(scope="session", autouse=True)
 def manifests_validate_against_the_schema() -> None:
-    """Every bundle any test exports, on any target, is checked against the manifest schema before it is published
-    (an export whose manifest does not validate fails the test that made it)."""
+    """Every bundle any test exports, on any target, is checked against the manifest schema and its golden record
+    against the golden schema before it is published (an export that does not validate fails the test that made
+    it)."""
     import json
 
     import jsonschema
@@ -79,11 +80,13 @@ def manifests_validate_against_the_schema() -> None:
     from pocketvlm.runtime.manifest import SCHEMA_PATH
 
     schema = json.loads(SCHEMA_PATH.read_text())
+    golden_schema = json.loads((SCHEMA_PATH.parent / "golden.schema.json").read_text())
     publish = loop.publish
 
     def validated(staging: Path, out_dir: Path) -> None:
         manifest = json.loads((staging / loop.PENDING_MANIFEST).read_text())
         jsonschema.validate(manifest, schema)
+        jsonschema.validate(json.loads((staging / manifest["golden"]["file"]).read_text()), golden_schema)
         publish(staging, out_dir)
 
     loop.publish = validated

@@ -91,6 +91,11 @@ class Target(Protocol):
                  done: dict[str, Any]) -> dict[str, Any]:
         """The manifest's record of component ``path`` of bundle ``index``."""
 
+    def predictor(self) -> Any:
+        """What runs this target's artifacts in the Python runtime on this machine, for the golden record: None for
+        the runtime's own backend, else a ``runtime.coreml.PredictorFactory`` (Core ML off macOS: the reference
+        evaluator)."""
+
 
 def check_capabilities(target: Target, spec: QuantSpec, component: str, offered_by: list[str]) -> None:
     """Refuse, before anything is written, a method or knob the target's table does not list (never ignore one).

@@ -45,6 +45,9 @@ class OnnxTarget:
         quantize_file(ctx.scratch / f"{component.name}{self.suffix}", dest, spec, stats)
         return {}
 
+    def predictor(self) -> Any:
+        return None  # the runtime's own session
+
     def describe(self, ctx: ExportContext, component: ComponentDef, spec: QuantSpec, path: Path, index: int,
                  done: dict[str, Any]) -> dict[str, Any]:
         import onnx

@@ -43,6 +43,9 @@ class TFLiteTarget:
         quantize_tflite(ctx.scratch / f"{component.name}{self.suffix}", dest, spec, component.name, stats)
         return {}
 
+    def predictor(self) -> Any:
+        return None  # the runtime's own session
+
     def describe(self, ctx: ExportContext, component: ComponentDef, spec: QuantSpec, path: Path, index: int,
                  done: dict[str, Any]) -> dict[str, Any]:
         image_token = (ctx.metadata[index].get("special_tokens") or {}).get("image_token_id")
