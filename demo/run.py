@@ -75,8 +75,8 @@ def model_checkpoint(cache: Path, name: str, say: Say) -> Path:
 
 
 def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[dict[str, Path], float | None]:
-    """fp32 / int8 / int4 bundles of ``checkpoint``; only missing or stale ones (other weights or another
-    quantization recipe) are exported, together, except that recipes needing calibration are exported after the
+    """fp32 / int8 / int4 bundles of ``checkpoint``; only missing or stale ones (no golden record, other weights or
+    another quantization recipe) are exported, together, except that recipes needing calibration are exported after the
     fp32 bundle they are calibrated on."""
     from pocketvlm.export.checkpoint import read_checkpoint
 
@@ -88,7 +88,8 @@ def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[d
     for quant, out in wanted.items():
         try:
             manifest = load_bundle(out).manifest
-            if (manifest["source"]["config_sha256"] == source.config_sha256
+            if ("golden" in manifest  # bundles exported before golden records are re-exported
+                    and manifest["source"]["config_sha256"] == source.config_sha256
                     and manifest["source"]["weights_sha256"] == weights
                     and manifest["quantization"] == model.quants[quant].to_json()):
                 continue
