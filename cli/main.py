@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "ask": "answer a question about an image with a VLM bundle",
     "parity": "per-component report of a bundle against its source checkpoint",
     "bench": "latency, tokens/s, memory and the decode roofline of a bundle on this machine",
+    "serve": "serve the web demo and a bundle on this machine (cross-origin isolated, allow-listed files only)",
     "selftest": "replay a bundle's golden record on this runtime: PASS/FAIL per stage with the measured error",
     "demo": "export and run the embedded default models end to end (offline)",
 }
