@@ -12,7 +12,9 @@ Reads every ``bundle_bench`` JSON file in ``--results`` (written by ``pocketvlm 
 - decode peers measured in one run (pocketvlm, onnxruntime-genai, PyTorch eager) and full-size export time, peak
   memory and bundle bytes per parameter;
 - a phone projection: the same bytes per token at published phone memory bandwidths, labelled as a projection,
-  beside published phone figures (``PUBLISHED``, each with its source).
+  beside published phone figures (``PUBLISHED``, each with its source);
+- "Measured on devices": result files a demo app wrote on the device itself (``measured_on: device``, with its
+  ``device`` block), in their own table, apart from the host rows above and from the projection.
 Plots are drawn with Pillow (a runtime dependency already), so the report needs nothing else installed.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,10 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
         raise SystemExit(f"no bundle_bench result files in {folder}: run `pocketvlm bench --bundle DIR --json "
                          f"{folder}/NAME.json` first")
     return sorted(results, key=lambda r: label(r))
+
+
+def on_device(result: dict[str, Any]) -> bool:
+    return result.get("measured_on") == "device"
 
 
 def label(result: dict[str, Any]) -> str:
@@ -98,9 +105,19 @@ def roofline_groups(results: list[dict[str, Any]]) -> list[tuple[str, list[tuple
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
+    host = [r for r in results if not on_device(r)]
+    lines = ["# pocketvlm benchmark report", ""]
+    if host:
+        lines += host_markdown(host)
+    devices = [r for r in results if on_device(r)]
+    if devices:
+        lines += device_markdown(devices)
+    return "\n".join(lines) + "\n"
+
+
+def host_markdown(results: list[dict[str, Any]]) -> list[str]:
     first = results[0]
-    lines = ["# pocketvlm benchmark report", "",
-             f"Machine: {first['machine'].get('cpu', first['machine'].get('processor', '?'))}, "
+    lines = [f"Machine: {first['machine'].get('cpu', first['machine'].get('processor', '?'))}, "
              f"{first['threads']} threads; tools: " + ", ".join(f"{k} {v}" for k, v in first["tools"].items()), "",
              "## Latency per component", "", "| bundle | component | median ms | p90 ms | bundle MB | peak RSS MB |",
              "|---|---|---:|---:|---:|---:|"]
@@ -134,7 +151,65 @@ def markdown(results: list[dict[str, Any]]) -> str:
                   "| what | figure | source |", "|---|---|---|"]
         lines += [f"| {what} | {figure} | {source} |" for what, figure, source in PUBLISHED]
     lines += ["", "Result files: " + ", ".join(r["_file"] for r in results), ""]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+# (name, pattern): the first that matches a user agent names its browser (Edge and Samsung's say Chrome too)
+BROWSERS = (("Edge", r"Edg(?:A|iOS)?/(\d+)"), ("Samsung Internet", r"SamsungBrowser/(\d+)"),
+            ("Firefox", r"(?:Firefox|FxiOS)/(\d+)"), ("Chrome", r"(?:Chrome|CriOS)/(\d+)"),
+            ("Safari", r"Version/(\d+(?:\.\d+)?)(?: Mobile/\S+)? Safari/"))
+SYSTEMS = ((r"Android (\d+(?:\.\d+)?)", "Android {}"), (r"(?:iPhone|CPU) OS (\d+)_(\d+)", "iOS {}.{}"),
+           (r"Mac OS X (\d+)[_.](\d+)", "macOS {}.{}"), (r"Windows NT (\d+\.\d+)", "Windows NT {}"),
+           (r"CrOS", "ChromeOS"), (r"Linux", "Linux"))
+
+
+def short_agent(device: dict[str, Any]) -> str:
+    """'Pixel 8, Android 14, Chrome 126' from the device block: its model and os when given, else what the user
+    agent says; the user agent's first 48 characters when nothing is recognised."""
+    agent = device["user_agent"]
+    system = device.get("os")
+    for pattern, text in SYSTEMS if not system else ():
+        if match := re.search(pattern, agent):
+            system = text.format(*match.groups())
+            break
+    browser = next((f"{name} {m.group(1)}" for name, pattern in BROWSERS if (m := re.search(pattern, agent))), None)
+    parts = [part for part in (device.get("model"), system, browser) if part]
+    return ", ".join(parts) if parts else agent[:48]
+
+
+def cell(value: Any, spec: str = "") -> str:
+    """A table cell: '-' for a missing figure; a pipe or line break in machine-written text cannot split the row."""
+    if value is None:
+        return "-"
+    text = format(value, spec) if spec else str(value)
+    return " ".join(text.replace("|", "/").split())
+
+
+def vision_encode_ms(figures: dict[str, Any]) -> float | None:
+    components = figures["components"]
+    if "image_encode_ms" in figures:
+        return figures["image_encode_ms"]
+    stats = components.get("vision_encoder") or components.get("image_encoder")
+    return stats["median_ms"] if stats else None
+
+
+def device_markdown(results: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Measured on devices", "",
+             "Result files a demo app wrote on the device it ran on (measured_on: device): measurements, not "
+             "projections, and not comparable row for row with the host tables above (other engines, other "
+             "threads, other memory figures: see the memory source).", "",
+             "| device | backend | threads | bundle | vision encode ms | TTFT ms | prefill tok/s | decode tok/s | "
+             "peak memory MB | memory source |", "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        device, figures, peak = r["device"], r["figures"], r.get("peak_rss_bytes")
+        lines.append(f"| {cell(short_agent(device))} | {cell(device['backend'])} | {cell(device['threads'])} | "
+                     f"{cell(label(r))} | {cell(vision_encode_ms(figures), '.1f')} | "
+                     f"{cell(figures.get('time_to_first_token_ms'), '.1f')} | "
+                     f"{cell(figures.get('prefill_tokens_per_s'), '.1f')} | "
+                     f"{cell(figures.get('decode_tokens_per_s'), '.1f')} | "
+                     f"{cell(peak / 1e6 if peak else None, '.0f')} | {cell(device['memory_source'])} |")
+    lines += ["", "Device result files: " + ", ".join(r["_file"] for r in results), ""]
+    return lines
 
 
 def load_extra(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -243,11 +318,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "report")
     args = parser.parse_args(argv)
     results = load_results(args.results)
+    host = [r for r in results if not on_device(r)]
     peers, exports = load_extra(args.extra)
     args.out.mkdir(parents=True, exist_ok=True)
-    bar_chart(latency_groups(results), "Latency per component, median", "ms", args.out / "latency.png")
-    if any("roofline" in r for r in results):
-        bar_chart(roofline_groups(results), "Decode tokens/s against the roofline", "tokens/s",
+    if host:
+        bar_chart(latency_groups(host), "Latency per component, median", "ms", args.out / "latency.png")
+    if any("roofline" in r for r in host):
+        bar_chart(roofline_groups(host), "Decode tokens/s against the roofline", "tokens/s",
                   args.out / "decode_roofline.png")
     if peers:
         bar_chart(peer_groups(peers), "Decode tokens/s by engine, same run, against each one's roofline", "tokens/s",

@@ -113,3 +113,94 @@ def test_report_from_result_files(workspace, photos, tmp_path):
             assert image.format == "PNG" and image.width == 900 and image.height > 100
     with pytest.raises(SystemExit, match="no bundle_bench result files"):
         report["main"](["--results", str(tmp_path), "--out", str(out)])
+
+
+@pytest.fixture(scope="module")
+def host_result(workspace, tmp_path_factory) -> dict:
+    """A real `pocketvlm bench --json` result of a tiny Qwen2-VL bundle, measured here (no bandwidth run)."""
+    out = tmp_path_factory.mktemp("device") / "host.json"
+    assert main(["bench", "--bundle", str(workspace.bundle("qwen2_vl", "int8", "varied")), "--runs", "2",
+                 "--warmup", "1", "--new-tokens", "4", "--threads", "1", "--no-bandwidth", "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+CHROME_ANDROID = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+                  "Chrome/126.0.6478.122 Mobile Safari/537.36")
+
+
+def as_device(result: dict) -> dict:
+    """``result`` as the web demo would write it: the same figures, measured_on device and its device block."""
+    device = json.loads(json.dumps(result))
+    device["measured_on"] = "device"
+    device["device"] = {"user_agent": CHROME_ANDROID, "backend": "wasm", "threads": 4, "cross_origin_isolated": True,
+                        "memory_source": "measureUserAgentSpecificMemory", "app": "pocketvlm web-demo 0.1.0",
+                        "figures": {"preprocess_ms": 3.5, "download_ms": 120.0, "load_ms": 80.0}}
+    device["figures"].update(preprocess_ms=3.5, bundle_download_ms=120.0, session_load_ms=80.0)
+    device["threads"], device["peak_rss_bytes"] = 4, 123_000_000
+    return device
+
+
+def test_a_device_result_validates_and_needs_its_device_block(host_result):
+    jsonschema.validate(host_result, SCHEMA)
+    jsonschema.validate(dict(host_result, measured_on="host"), SCHEMA)
+    device = as_device(host_result)
+    jsonschema.validate(device, SCHEMA)
+    # a browser with no memory figure says so
+    jsonschema.validate(dict(device, peak_rss_bytes=None, device=dict(device["device"], memory_source="unavailable",
+                                                                        threads=None, cross_origin_isolated=None)),
+                        SCHEMA)
+    no_block = {key: value for key, value in device.items() if key != "device"}
+    unlabelled = {key: value for key, value in device.items() if key != "measured_on"}
+    incomplete = dict(device, device={k: v for k, v in device["device"].items() if k != "memory_source"})
+    for bad in (no_block, unlabelled, incomplete, dict(device, measured_on="phone"),
+                dict(host_result, peak_rss_bytes=None),
+                dict(device, device=dict(device["device"], figures={"load_ms": -1})),
+                dict(device, figures=dict(device["figures"], session_load_ms="80"))):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, SCHEMA)
+
+
+def test_report_keeps_device_rows_apart(host_result, tmp_path):
+    """A device file gets its own 'Measured on devices' table: not in the host latency or roofline tables, not in
+    the phone projection (still labelled as one)."""
+    import runpy
+    from pathlib import Path
+
+    results, extra = tmp_path / "results", tmp_path / "extra"
+    results.mkdir()
+    extra.mkdir()
+    host = dict(host_result, roofline={"bytes_per_token": 4_000_000, "bandwidth_gbs": 10.0,
+                                       "roofline_tokens_per_s": 2500.0, "fraction_of_roofline": 0.01})
+    (results / "host.json").write_text(json.dumps(host))
+    device = as_device(host_result)
+    device["device"]["model"] = "Pixel 8 | Pro"  # machine-written text with a pipe stays in its cell
+    (results / "web-pixel8.json").write_text(json.dumps(device))
+    report = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "report.py"))
+    out = tmp_path / "report"
+    report["main"](["--results", str(results), "--extra", str(extra), "--out", str(out)])
+    text = (out / "report.md").read_text()
+    hosts, _, devices = text.partition("## Measured on devices")
+    assert devices, text
+    name = Path(host_result["bundle"]["path"]).name
+    figures = device["figures"]
+    row = (f"| Pixel 8 / Pro, Android 14, Chrome 126 | wasm | 4 | {name} (int8) | {figures['image_encode_ms']:.1f} | "
+           f"{figures['time_to_first_token_ms']:.1f} | {figures['prefill_tokens_per_s']:.1f} | "
+           f"{figures['decode_tokens_per_s']:.1f} | 123 | measureUserAgentSpecificMemory |")
+    assert row in devices.splitlines(), devices
+    assert "Device result files: web-pixel8.json" in devices and "host.json" not in devices
+    # the host side: one row per component and one projection row, from host.json only
+    assert hosts.count("| text_decoder_prefill |") == 1 and hosts.count("| vision_encoder |") == 1
+    assert "Phone projection (a projection, not a measurement)" in hosts and hosts.count("| 76.8 |") == 1
+    assert "Result files: host.json" in hosts and "web-pixel8.json" not in hosts
+    assert "<h2>Measured on devices</h2>" in (out / "report.html").read_text()
+    iphone = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+              "Version/17.5 Mobile/15E148 Safari/604.1")
+    assert report["short_agent"]({"user_agent": iphone}) == "iOS 17.5, Safari 17.5"
+    assert report["short_agent"]({"user_agent": "pocketvlm-android/0.1", "os": "Android 15"}) == "Android 15"
+    # only device files: the device table alone, no host plots
+    (results / "host.json").unlink()
+    only = tmp_path / "only"
+    report["main"](["--results", str(results), "--extra", str(extra), "--out", str(only)])
+    text = (only / "report.md").read_text()
+    assert "## Measured on devices" in text and "## Latency per component" not in text
+    assert not (only / "latency.png").exists()
