@@ -63,6 +63,15 @@ test("golden self-test passes on good bundles, every stage", async () => {
   }
 });
 
+test("the exporter's own golden record (golden.json written by pocketvlm export) passes on this engine", async () => {
+  for (const family of ["idefics3", "qwen2_vl", "clip", "siglip"]) {
+    const bundle = tinyBundle(family);
+    if (!existsSync(path.join(bundle, "golden.json"))) assert.fail(`${family}: the exporter wrote no golden.json`);
+    const report = await (await openEngine(bundle)).selftest(decode);
+    assert.equal(report.pass, true, `${family}: ${JSON.stringify(report.stages.filter((s) => !s.pass))}`);
+  }
+});
+
 test("golden self-test FAILs and names the stage of a tampered record", async () => {
   const cases: [string, string][] = [["idefics3", "vision_encoder"], ["qwen2_vl", "text_decoder"],
     ["idefics3", "preprocess"], ["qwen2_vl", "generation"], ["clip", "scores"], ["siglip", "text"]];
