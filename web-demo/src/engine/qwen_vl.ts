@@ -100,15 +100,15 @@ export function windowLayout(rows: number, cols: number, merge: number, windowSi
   const side = Math.floor(Math.floor(windowSize / merge) / patch);
   const gh = rows / merge, gw = cols / merge;
   const order: number[] = [], ids: number[] = [];
-  let window = 0;
+  let win = 0;
   for (let top = 0; top < gh; top += side) for (let left = 0; left < gw; left += side) {
     let count = 0;
     for (let r = top; r < Math.min(top + side, gh); r++) for (let c = left; c < Math.min(left + side, gw); c++) {
       order.push(r * gw + c);
       count++;
     }
-    for (let i = 0; i < count * merge * merge; i++) ids.push(window);
-    window++;
+    for (let i = 0; i < count * merge * merge; i++) ids.push(win);
+    win++;
   }
   return { window_index: i64From(order, [order.length]), window_ids: i64From(ids, [ids.length]) };
 }

@@ -10,7 +10,7 @@ import { resultFile } from "../engine/result.js";
 import type { BackendName } from "../engine/session.js";
 import { FileSource, UrlSource, type BundleSource } from "../engine/source.js";
 import { decodeImage } from "./decode.js";
-import { capabilities, deviceInfo, measureMemory, sampleMemory, type Capabilities } from "./device.js";
+import { capabilities, deviceInfo, measureMemory, sampledMemory, sampleMemory, type Capabilities } from "./device.js";
 import { ort, WASM_PATHS } from "./ort.js";
 
 export interface LoadOptions { backend?: BackendName; threads?: number; force?: boolean; onProgress?: LoadProgress }
@@ -90,6 +90,11 @@ export class App {
   /** The memory figure, measured after the run (slow in an isolated page: ~12 s). */
   async measureMemory(): Promise<void> {
     this.memory = await measureMemory();
+  }
+
+  /** The sampled figure only (instant), for runs that skip the slow measurement. */
+  quickMemory(): void {
+    this.memory = sampledMemory();
   }
 
   result(): Record<string, unknown> {

@@ -50,6 +50,12 @@ export function sampleMemory(): void {
   }
 }
 
+/** The per-token sample so far (instant; the page shows it while the slow measurement runs). */
+export function sampledMemory(): { bytes: number | null; source: string } {
+  sampleMemory();
+  return { bytes: peak || null, source: peak ? peakSource : "none (this browser exposes no memory figure)" };
+}
+
 /** After a run: measureUserAgentSpecificMemory() when the page is cross-origin isolated (resolves slowly, ~12 s in
  * Chromium; includes wasm memory), else the sampled JS heap. */
 export async function measureMemory(timeoutMs = 30_000): Promise<{ bytes: number | null; source: string }> {

@@ -81,6 +81,7 @@ async function runTask(): Promise<void> {
 }
 
 async function afterRun(figures: Record<string, number>, measure = true): Promise<void> {
+  app.quickMemory();
   const result = app.result() as { figures: Record<string, number> };
   const page = { bundle_download_ms: result.figures.bundle_download_ms, bundle_verify_ms: result.figures.bundle_verify_ms,
     session_load_ms: result.figures.session_load_ms };

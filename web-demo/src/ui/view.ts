@@ -51,6 +51,7 @@ export function showPreview(image: RGBAPixels, note: string): void {
   const data = new ImageData(new Uint8ClampedArray(image.data), image.width, image.height);
   canvas.getContext("2d")!.putImageData(data, 0, 0);
   canvas.hidden = false;
+  canvas.classList.toggle("small", Math.max(image.width, image.height) < 256);
   $("image-note").textContent = note;
 }
 
@@ -102,7 +103,8 @@ export function showMeasures(figures: Record<string, number>, extra: [string, st
   for (const [key, value] of Object.entries(figures)) {
     const [name, unit] = LABELS[key] ?? [key, ""];
     const tr = el("tr");
-    tr.append(el("td", name), el("td", `${value >= 100 ? value.toFixed(0) : value.toFixed(1)} ${unit}`.trim()));
+    const shown = Number.isInteger(value) || value >= 100 ? value.toFixed(0) : value.toFixed(1);
+    tr.append(el("td", name), el("td", `${shown} ${unit}`.trim()));
     table.append(tr);
   }
   for (const [name, value] of extra) {
