@@ -3,9 +3,10 @@
     python benchmarks/report.py [--results benchmarks/results/bench] [--out benchmarks/results/report]
 
 Reads every ``bundle_bench`` JSON file in ``--results`` (written by ``pocketvlm bench --json``), plus the
-``decode_peers_*.json`` (``benchmarks/decode_peers.py``) and ``full_size_export_*.json``
-(``benchmarks/full_size_export.py``) files in ``--extra``, and writes ``report.md``, ``report.html`` and the plots
-(``latency.png``, ``decode_roofline.png``, ``decode_peers.png``) into ``--out``:
+``decode_peers_*.json`` (``benchmarks/decode_peers.py``), ``full_size_export_*.json``
+(``benchmarks/full_size_export.py``) and ``web_demo_speed*.json`` (``benchmarks/web_demo.py``) files in
+``--extra``, and writes ``report.md``, ``report.html`` and the plots (``latency.png``, ``decode_roofline.png``,
+``decode_peers.png``) into ``--out``:
 - latency per component (median, p90 in the table) by bundle and quantization;
 - decode tokens/s against the decode roofline of the machine the file came from (its measured bandwidth / the bytes
   read per token);
@@ -276,6 +277,36 @@ def extra_markdown(peers: list[dict[str, Any]], exports: list[dict[str, Any]]) -
     return lines
 
 
+def web_markdown(folder: Path) -> list[str]:
+    """``web_demo_speed*.json`` (``benchmarks/web_demo.py``): the page in headless Chromium against the native runtime
+    on the same machine in one run, and the per-op profile of the decoder's matrix multiplications."""
+    lines: list[str] = []
+    for path in sorted(folder.glob("web_demo_speed*.json")):
+        r = json.loads(path.read_text())
+        lines += [f"## Web demo (headless Chromium, onnxruntime-web wasm) against the native runtime, one run "
+                  f"({r['new_tokens']} new tokens)", "",
+                  "| bundle | engine | threads | decode tok/s | vision encode ms | first token ms |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for quant, row in r["bundles"].items():
+            for key, name in (("native_2_threads", "native onnxruntime"), ("web_wasm_2_threads", "web wasm"),
+                              ("web_wasm_1_threads", "web wasm")):
+                e = row[key]
+                lines.append(f"| shapes-captioner-{quant} | {name} | {e.get('threads', 2)} | "
+                             f"{e['decode_tokens_per_s']:.2f} | {e['image_encode_ms']:.1f} | "
+                             f"{e['time_to_first_token_ms']:.0f} |")
+        lines += ["", "| bundle | web / native decode | web / native vision encode speed | web 2 / 1 thread decode | "
+                  "web 2 / 1 thread vision encode | MatMulNBits ms per token, native / web (2 threads) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for quant, row in r["bundles"].items():
+            q, per_token = row["ratios"], row["profile"]["matmulnbits_ms_per_token"]["2_threads"]
+            lines.append(f"| shapes-captioner-{quant} | {q['web_over_native_decode']:.2f}x | "
+                         f"{q['web_over_native_vision_encode_speed']:.2f}x | {q['web_2_over_1_thread_decode']:.2f}x | "
+                         f"{q['web_2_over_1_thread_vision_encode']:.2f}x | {per_token['native_ms']:.1f} / "
+                         f"{per_token['web_wasm_ms']:.1f} |")
+        lines += ["", f"Result file: {path.name}", ""]
+    return lines
+
+
 def to_html(text: str) -> str:
     """The Markdown report as a standalone HTML page (tables, headings, images and paragraphs only)."""
     body, rows = [], []
@@ -329,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     if peers:
         bar_chart(peer_groups(peers), "Decode tokens/s by engine, same run, against each one's roofline", "tokens/s",
                   args.out / "decode_peers.png")
-    text = markdown(results) + "\n".join(extra_markdown(peers, exports))
+    text = markdown(results) + "\n".join(extra_markdown(peers, exports) + web_markdown(args.extra))
     (args.out / "report.md").write_text(text)
     (args.out / "report.html").write_text(to_html(text))
     print(f"wrote {args.out}/report.md, report.html and plots from {len(results)} result files")

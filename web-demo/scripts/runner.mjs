@@ -2,6 +2,7 @@
 // Drives the real page in headless Chromium (playwright-core) against a served bundle; one JSON line per image.
 //   npm --prefix web-demo run caption  -- --bundle DIR --image F [--image F ...] [--prompt T] [--max-new-tokens N]
 //                                         [--backend wasm|webgpu] [--threads N] [--screenshot PNG --device 'Pixel 7']
+//                                         [--ignore-eos 1] (always --max-new-tokens tokens: benchmarks)
 //   npm --prefix web-demo run classify -- --bundle DIR --image F ... --labels 'a,b,c'
 //   npm --prefix web-demo run selftest -- --bundle DIR          (exit 1 when the self-test fails)
 // Common: [--server pocketvlm|node] [--result FILE.json] [--timeout SECONDS]. Bad input, a missing browser or a
@@ -174,7 +175,8 @@ async function tasks(page, args, seconds) {
         top: out.ranked[0].label, figures: out.figures, backend: out.backend, threads: out.threads }));
       continue;
     }
-    const opts = { prompt: args.prompt, maxNewTokens: Number(args["max-new-tokens"] ?? 32), name: path.basename(file) };
+    const opts = { prompt: args.prompt, maxNewTokens: Number(args["max-new-tokens"] ?? 32), name: path.basename(file),
+      ignoreEos: args["ignore-eos"] === "1" };
     const out = await within(page.evaluate(([b, o]) => window.pocketvlm.caption(b, o), [bytes, opts]), seconds, "caption");
     console.log(JSON.stringify({ image: file, text: out.text, token_ids: out.token_ids, stop_reason: out.stop_reason,
       prompt_tokens: out.prompt_tokens, figures: out.figures, backend: out.backend, threads: out.threads }));

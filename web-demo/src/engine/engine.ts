@@ -19,7 +19,12 @@ export interface OpenOptions extends BackendOptions {
   onProgress?: LoadProgress;
 }
 
-export interface CaptionOptions { prompt?: string; maxNewTokens?: number; onText?: (piece: string) => void }
+export interface CaptionOptions {
+  prompt?: string;
+  maxNewTokens?: number;
+  ignoreEos?: boolean; // always generate maxNewTokens (benchmarks)
+  onText?: (piece: string) => void;
+}
 
 export interface CaptionOutput {
   text: string;
@@ -74,7 +79,7 @@ export class Engine {
   async caption(image: RGBAPixels, options: CaptionOptions = {}): Promise<CaptionOutput> {
     const model = this.vlm();
     const result = await model.generate(image, options.prompt ?? DEFAULT_CAPTION_PROMPT,
-      { maxNewTokens: options.maxNewTokens ?? 32 }, options.onText);
+      { maxNewTokens: options.maxNewTokens ?? 32, ignoreEos: options.ignoreEos ?? false }, options.onText);
     this.runs.push(result);
     return { text: result.text, token_ids: result.tokenIds, stop_reason: result.stopReason,
       prompt_tokens: result.promptTokens, figures: generationFigures(result), backend: this.backend,

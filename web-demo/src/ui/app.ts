@@ -67,8 +67,8 @@ export class App {
     return chosen;
   }
 
-  async caption(options: { prompt?: string; maxNewTokens?: number; onText?: (piece: string) => void },
-    image?: RGBAPixels | null): Promise<CaptionOutput> {
+  async caption(options: { prompt?: string; maxNewTokens?: number; ignoreEos?: boolean;
+    onText?: (piece: string) => void; }, image?: RGBAPixels | null): Promise<CaptionOutput> {
     const out = await this.need().caption(this.needImage(image), { ...options,
       onText: (piece) => { sampleMemory(); options.onText?.(piece); } });
     sampleMemory();

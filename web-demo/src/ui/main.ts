@@ -163,12 +163,14 @@ function expose(): void {
       showPreview(image, `${name} · ${image.width}×${image.height}`);
       return { width: image.width, height: image.height };
     },
-    caption: async (base64: string, opts: { prompt?: string; maxNewTokens?: number; name?: string } = {}) => {
+    caption: async (base64: string, opts: { prompt?: string; maxNewTokens?: number; ignoreEos?: boolean;
+      name?: string; } = {}) => {
       await api.setImage(base64, opts.name);
       selectTask(opts.prompt ? "ask" : "caption");
       if (opts.prompt) $<HTMLInputElement>("question").value = opts.prompt;
       const stream = streamInto();
-      const out = await app.caption({ prompt: opts.prompt, maxNewTokens: opts.maxNewTokens, onText: stream.push });
+      const out = await app.caption({ prompt: opts.prompt, maxNewTokens: opts.maxNewTokens, ignoreEos: opts.ignoreEos,
+        onText: stream.push });
       stream.done();
       await afterRun(out.figures, false);
       return out;
