@@ -1,5 +1,6 @@
-/** Test fixtures: tiny random-weight bundles exported by the real exporter (scripts/make_tiny_bundles.py), golden
- * records written by the Python runtime (scripts/make_golden.py), cached under build/fixtures. */
+/** Test fixtures: tiny random-weight bundles exported by the real exporter (scripts/make_tiny_bundles.py), each with
+ * the exporter's own golden record, and copies whose record has one stage edited (scripts/tamper_golden.py), cached
+ * under build/fixtures. */
 
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -27,10 +28,11 @@ export function tinyBundle(family: string): string {
 }
 
 export function goldenBundle(family: string, tamper?: string): string {
-  const out = path.join(FIXTURES, `golden-${family}${tamper ? `-tampered-${tamper}` : ""}`);
+  if (!tamper) return tinyBundle(family); // the exporter's own record
+  const out = path.join(FIXTURES, `golden-${family}-tampered-${tamper}`);
   if (!existsSync(path.join(out, "golden.json"))) {
-    execFileSync(PYTHON, [path.join(ROOT, "scripts", "make_golden.py"), "--bundle", tinyBundle(family), "--out", out,
-      ...(tamper ? ["--tamper", tamper] : [])], { stdio: "ignore" });
+    execFileSync(PYTHON, [path.join(ROOT, "scripts", "tamper_golden.py"), "--bundle", tinyBundle(family), "--out", out,
+      "--stage", tamper], { stdio: "ignore" });
   }
   return out;
 }
