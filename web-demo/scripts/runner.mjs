@@ -150,7 +150,10 @@ async function run(args) {
     const code = await tasks(page, args, seconds);
     if (args.result) {
       await within(page.evaluate(() => window.pocketvlm.measureMemory()), 60, "measuring memory");
-      writeFileSync(args.result, JSON.stringify(await page.evaluate(() => window.pocketvlm.result()), null, 2));
+      const result = await page.evaluate(() => window.pocketvlm.result());
+      // the page knows the bundle by its URL (/bundle/); the runner knows which directory it served there
+      result.bundle.path = path.basename(path.resolve(args.bundle));
+      writeFileSync(args.result, JSON.stringify(result, null, 2));
     }
     return code;
   } finally {
