@@ -65,9 +65,15 @@ def images(tmp_path_factory, photos) -> dict[str, Path]:
     return out
 
 
-def test_engine_unit_tests_pass_under_node() -> None:
+def test_engine_unit_tests_pass_under_node(workspace, tmp_path: Path) -> None:
+    # the engine's fixtures are the suite's own bundles (the same seeded checkpoints web-demo/scripts/
+    # make_tiny_bundles.py builds), so they are exported once per run, not twice
+    fixtures = tmp_path / "fixtures"
+    fixtures.mkdir()
+    for family, size in (("idefics3", "varied"), ("qwen2_vl", "varied"), ("clip", "tiny"), ("siglip", "tiny")):
+        (fixtures / f"{family}-fp32").symlink_to(workspace.bundle(family, "fp32", size))
     done = subprocess.run(["npm", "--prefix", str(WEB), "test"], capture_output=True, text=True, timeout=1500,
-                          cwd=ROOT)
+                          cwd=ROOT, env={**os.environ, "POCKETVLM_WEB_FIXTURES": str(fixtures)})
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "# fail 0" in done.stdout and "# pass " in done.stdout
 

@@ -3,7 +3,7 @@
  * refusals (tampered file, newer schema, a target the browser cannot run). */
 
 import assert from "node:assert/strict";
-import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
@@ -78,7 +78,8 @@ test("golden self-test FAILs and names the stage of a tampered record", async ()
 
 function copyBundle(edit: (dir: string) => void): string {
   const dir = path.join(mkdtempSync(path.join(os.tmpdir(), "pvlm-web-")), "bundle");
-  cpSync(tinyBundle("clip"), dir, { recursive: true });
+  // a real copy even when the fixture is a symlink (the suite links its own bundles): edits never reach the source
+  cpSync(realpathSync(tinyBundle("clip")), dir, { recursive: true, dereference: true });
   edit(dir);
   return dir;
 }
