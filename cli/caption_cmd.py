@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pocketvlm.cli.common import add_runtime_options
+from pocketvlm.cli.common import add_runtime_options, core_ml_predictor
 from pocketvlm.runtime.vlm import DEFAULT_CAPTION_PROMPT
 
 
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    model = VisionLanguageModel.load(args.bundle, threads=args.threads, max_pixels=args.max_pixels)
+    model = VisionLanguageModel.load(args.bundle, threads=args.threads, max_pixels=args.max_pixels,
+                                    predictor=core_ml_predictor())
 
     def stream(piece: str) -> None:
         sys.stdout.write(piece)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import platform
+from typing import Any
 
 from pocketvlm.runtime.errors import InputError
 from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS
@@ -19,3 +21,13 @@ def parse_labels(text: str) -> list[str]:
     if not any(labels) or any(not label for label in labels):
         raise InputError(f"--labels {text!r} has an empty label", "pass comma-separated labels, e.g. 'a cat,a dog'")
     return labels
+
+
+def core_ml_predictor() -> Any:
+    """The predictor for Core ML bundles: Core ML itself on macOS (coremltools, the ``coreml`` extra, on the export
+    side so that the runtime stays thin); None elsewhere, where the runtime refuses Core ML bundles by name."""
+    if platform.system() != "Darwin":
+        return None
+    from pocketvlm.export.targets.coreml.predictor import MLModelPredictor
+
+    return MLModelPredictor

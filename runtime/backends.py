@@ -90,8 +90,8 @@ class OrtSession:
 def open_session(bundle: Bundle, component: str, providers: list[str] | None = None, threads: int = 0,
                  predictor: PredictorFactory | None = None) -> Session:
     """A session for one component, by its format. ``providers`` and ``threads`` apply to ONNX Runtime (threads to
-    LiteRT too); ``predictor`` makes the predictor of a Core ML package (default: Core ML itself on macOS, see
-    ``runtime.coreml.platform_predictor``; verification injects pocketvlm's reference evaluator)."""
+    LiteRT too); ``predictor`` makes the predictor of a Core ML package (the CLI passes Core ML itself on macOS,
+    verification pocketvlm's reference evaluator; without one a Core ML bundle is refused)."""
     spec = bundle.component(component)
     if spec.format == "onnx":
         return OrtSession(bundle.file(spec.file), providers=providers, threads=threads)
@@ -100,10 +100,10 @@ def open_session(bundle: Bundle, component: str, providers: list[str] | None = N
 
         return LiteRTSession(bundle.file(spec.file), bundle.manifest["components"][component], threads=threads)
     if spec.format == "mlpackage":
-        from pocketvlm.runtime.coreml import CoreMLSession, platform_predictor
+        from pocketvlm.runtime.coreml import CoreMLSession
 
         package = bundle.file(spec.file)
         return CoreMLSession(package, bundle.manifest["components"][component],
-                             (predictor or platform_predictor)(package))
+                             predictor(package) if predictor else None)
     raise BundleError(f"component '{component}' has format '{spec.format}', which this runtime cannot run",
                       "export with --target onnx, tflite or coreml")

@@ -1,17 +1,16 @@
 """Core ML backend session: the runtime's named-tensor contract over a static-shape ``.mlpackage``.
 
-A Core ML component is executed by a *predictor*. On macOS the runtime picks Core ML itself
-(``MLModelPredictor``: coremltools' ``MLModel``, imported lazily, as ``litert.py`` imports ai-edge-litert); a caller
-may inject another (``open_session(..., predictor=...)``): verification injects the exporter's reference
-evaluator, which is how ``pocketvlm parity`` checks Core ML bundles on Linux. Off macOS with nothing injected, a
-Core ML bundle is refused with a typed error.
+A Core ML component is executed by a *predictor* the caller injects (``open_session(..., predictor=...)``): the
+runtime itself imports nothing of Core ML's Python tooling, which belongs to the ``coreml`` extra. On macOS the CLI
+injects Core ML itself (``export.targets.coreml.predictor.MLModelPredictor``, coremltools' ``MLModel``);
+verification injects the exporter's reference evaluator, which is how ``pocketvlm parity`` checks Core ML bundles on
+Linux. With nothing injected, a Core ML bundle is refused with a typed error.
 
 Encoders are exported at batch 1 (the Neural Engine wants static shapes): a larger batch runs row by row.
 """
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,51 +38,6 @@ class Predictor(Protocol):
 PredictorFactory = Callable[[Path], "Predictor | None"]
 
 
-class MLModelPredictor:
-    """Core ML itself (macOS only): coremltools' ``MLModel``, one per function of the package, loaded on first use
-    after the default one; ``compute_units`` ALL by default (ANE, GPU or CPU per op)."""
-
-    def __init__(self, package: Path, compute_units: str = "ALL") -> None:
-        try:
-            import coremltools as ct
-        except ImportError as exc:
-            raise BundleError(f"{package.name} is a Core ML package, and running it needs coremltools (the Python "
-                              "binding of Core ML), which is not installed", "pip install coremltools") from exc
-        if compute_units not in ct.ComputeUnit.__members__:
-            raise InputError(f"unknown Core ML compute units {compute_units!r}",
-                             f"use one of {', '.join(ct.ComputeUnit.__members__)}")
-        self._ct, self._path, self._units = ct, package, ct.ComputeUnit[compute_units]
-        self._models: dict[str | None, Any] = {}
-        self.name = f"coremltools {ct.__version__} MLModel ({compute_units})"
-        self._load(None)
-
-    def _load(self, function: str | None) -> Any:
-        if function not in self._models:
-            kwargs = {"function_name": function} if function else {}
-            try:
-                self._models[function] = self._ct.models.MLModel(str(self._path), compute_units=self._units, **kwargs)
-            except Exception as exc:  # Core ML reports compile and load failures as RuntimeError / generic ones
-                raise BundleError(f"Core ML cannot load {self._path.name}: {str(exc).splitlines()[0]}",
-                                  "re-export the bundle, or update macOS to the manifest's deployment target") from exc
-        return self._models[function]
-
-    def predict(self, feeds: dict[str, np.ndarray], function: str | None = None,
-                state: Any = None) -> dict[str, np.ndarray]:
-        model = self._load(function)
-        outputs = model.predict(feeds, state=state) if state is not None else model.predict(feeds)
-        return {k: np.asarray(v) for k, v in outputs.items()}
-
-    def make_state(self) -> Any:
-        # the functions of a multifunction package declare the same states, so one MLState serves both
-        return self._load(None).make_state()
-
-
-def platform_predictor(package: Path) -> Predictor | None:
-    """The runtime's own choice: Core ML (``MLModelPredictor``) on macOS; none elsewhere (Core ML exists only on Apple
-    platforms), and ``CoreMLSession`` then explains how to check the bundle instead."""
-    return MLModelPredictor(package) if platform.system() == "Darwin" else None
-
-
 class CoreMLSession:
     """One Core ML component: static input shapes and dtypes from the manifest, float32 outputs; encoders loop over
     a batch, the stateful ``text_decoder`` runs calls as prefill / decode chunks over its own KV cache."""
@@ -102,9 +56,10 @@ class CoreMLSession:
                               "Core ML component", "re-export the bundle with --target coreml")
         self.inputs = next(iter(self.functions.values()))
         if predictor is None:
-            raise BundleError(f"{path.name} is a Core ML package, and Core ML runs only on macOS and iOS",
-                              "run it on a Mac (pip install coremltools); on Linux check it with 'pocketvlm parity' "
-                              "(pocketvlm's reference evaluator)")
+            raise BundleError(f"{path.name} is a Core ML package: Core ML runs only on macOS and iOS, through a "
+                              "predictor the caller passes",
+                              "on a Mac use the pocketvlm CLI (pip install 'pocketvlm[coreml]') or pass "
+                              "predictor=MLModelPredictor; on Linux check it with 'pocketvlm parity'")
         self._predictor = predictor
         self.backend = predictor.name
         self._state: Any = None

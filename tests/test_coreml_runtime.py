@@ -85,20 +85,26 @@ def test_coreml_dual_encoder_embeds_through_the_runtime_like_onnx(workspace, pho
 
 
 def test_macos_runs_core_ml_itself(workspace, monkeypatch):
-    """Only ``platform.system()`` stubbed: the runtime picks coremltools' MLModel (which loads the package's spec on
-    Linux too, without being able to predict), for the CLI's entry points and for ``load_runner``."""
-    from pocketvlm.runtime.coreml import MLModelPredictor
+    """Only ``platform.system()`` stubbed: the CLI and ``load_runner`` inject coremltools' MLModel (which loads the
+    package's spec on Linux too, without being able to predict); the runtime alone injects nothing."""
+    from pocketvlm.cli.common import core_ml_predictor
+    from pocketvlm.export.targets.coreml.predictor import MLModelPredictor
 
     clip = load_bundle(coreml_clip(workspace))
+    vlm = load_bundle(coreml_vlm(workspace, "idefics3"))  # exported (golden record included) before the stub
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
-    session = open_session(clip, "image_encoder")
+    assert core_ml_predictor() is MLModelPredictor
+    session = open_session(clip, "image_encoder", predictor=core_ml_predictor())
     assert isinstance(session._predictor, MLModelPredictor)
     assert session.backend.startswith("coremltools ") and session.backend.endswith("MLModel (ALL)")
     runner = load_runner(clip.path)
     assert all(isinstance(s._predictor, MLModelPredictor) for s in runner.sessions.values())
-    decoder = open_session(load_bundle(coreml_vlm(workspace, "idefics3")), "text_decoder")
+    decoder = open_session(vlm, "text_decoder", predictor=MLModelPredictor)
     assert isinstance(decoder._predictor, MLModelPredictor) and decoder.owns_kv_cache
+    with pytest.raises(errors.BundleError, match="through a predictor the caller passes"):
+        open_session(clip, "image_encoder")  # the runtime imports no Core ML tooling of its own
     monkeypatch.setattr(platform, "system", lambda: "Linux")
+    assert core_ml_predictor() is None
     assert isinstance(load_runner(clip.path).sessions["image_encoder"]._predictor, EvaluatorPredictor)
     with pytest.raises(errors.BundleError, match="Core ML runs only on macOS"):
         open_session(clip, "image_encoder")
@@ -108,6 +114,8 @@ def test_macos_without_coremltools_names_the_install(workspace, monkeypatch):
     clip = load_bundle(coreml_clip(workspace))
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
     monkeypatch.setitem(sys.modules, "coremltools", None)  # import coremltools -> ImportError
+    from pocketvlm.cli.common import core_ml_predictor
+
     with pytest.raises(errors.BundleError, match="needs coremltools") as caught:
-        open_session(clip, "image_encoder")
+        open_session(clip, "image_encoder", predictor=core_ml_predictor())  # what the CLI does on a Mac
     assert caught.value.fix == "pip install coremltools"

@@ -2,7 +2,7 @@
 report read from each package's program.
 
 ``parity`` (and the shapes evaluations) run Core ML bundles through the runtime's ``CoreMLSession`` exactly as an
-app would; on macOS the predictor is the runtime's own (Core ML itself, ``runtime.coreml.MLModelPredictor``),
+app would; on macOS the predictor is Core ML itself (``predictor.MLModelPredictor``),
 elsewhere ``load_runner`` injects ``EvaluatorPredictor``. Both paths share every line of pre- and post-processing and
 the comparison code.
 
@@ -13,7 +13,6 @@ change that avoids it.
 
 from __future__ import annotations
 
-import platform
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pocketvlm.export.targets.coreml.mil_eval import MILProgram, function_names
+from pocketvlm.export.targets.coreml.predictor import platform_predictor
 from pocketvlm.runtime.dual_encoder import DualEncoder
 from pocketvlm.runtime.manifest import Bundle, load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
@@ -60,8 +60,12 @@ def load_runner(bundle_dir: Path | str, threads: int = 0) -> DualEncoder | Visio
     itself), and on the reference evaluator elsewhere."""
     bundle = load_bundle(bundle_dir)
     cls = VisionLanguageModel if bundle.manifest.get("task") == "image_text_to_text" else DualEncoder
-    evaluator = None if platform.system() == "Darwin" else EvaluatorPredictor
-    return cls.load(bundle, threads=threads, predictor=evaluator)
+    return cls.load(bundle, threads=threads, predictor=core_ml_predictor())
+
+
+def core_ml_predictor() -> Any:
+    """What runs Core ML packages here: Core ML itself on macOS, the reference evaluator elsewhere."""
+    return platform_predictor() or EvaluatorPredictor
 
 
 # -- Neural Engine risk report -----------------------------------------------------------------------------------------

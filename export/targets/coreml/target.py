@@ -6,7 +6,6 @@ written over coremltools' round-to-nearest int4 ones (``gptq.py``)."""
 
 from __future__ import annotations
 
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from pocketvlm.export.spec import ComponentDef
 from pocketvlm.export.static_shapes import LOOP_DIMS, prepare_static_bundles, static_examples
 from pocketvlm.export.targets.base import Capabilities, ExportContext, ExportOptions
 from pocketvlm.export.targets.coreml import decoder, gptq
-from pocketvlm.export.targets.coreml.check import EvaluatorPredictor
+from pocketvlm.export.targets.coreml.check import core_ml_predictor
 from pocketvlm.export.targets.coreml.common import DEPLOYMENT_TARGETS, package_digest
 from pocketvlm.export.targets.coreml.compress import compress_package, quant_record
 from pocketvlm.export.targets.coreml.convert import convert_component
@@ -106,7 +105,7 @@ class CoreMLTarget:
 
     def predictor(self) -> Any:
         """Core ML itself on macOS; elsewhere the reference evaluator, which computes as Core ML's fp16 CPU path."""
-        return None if platform.system() == "Darwin" else EvaluatorPredictor
+        return core_ml_predictor()
 
     def describe(self, ctx: ExportContext, component: ComponentDef, spec: QuantSpec, path: Path, index: int,
                  done: dict[str, Any]) -> dict[str, Any]:
