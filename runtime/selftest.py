@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketvlm.runtime.dual_encoder import DualEncoder
+from pocketvlm.runtime.dual_encoder import DualEncoder, l2_normalize
 from pocketvlm.runtime.errors import BundleError
 from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.golden import GOLDEN_VERSION, compare
@@ -126,16 +126,19 @@ def replay_vlm(model: VisionLanguageModel, record: dict[str, Any], image: Any) -
 def replay_dual(model: DualEncoder, record: dict[str, Any], image: Any) -> list[StageResult]:
     stages = {stage["name"]: stage for stage in record["stages"]}
     pixels = model.pixel_values([image])
+    image_out = model.sessions["image_encoder"].run({"pixel_values": pixels})
     results = [_tensors(stages["preprocess"], {"pixel_values": pixels}),
-               _tensors(stages["image_encoder"], model.sessions["image_encoder"].run({"pixel_values": pixels}))]
+               _tensors(stages["image_encoder"], image_out)]
     text = stages["text"]
     prompts = model.prompts(text["labels"])
     feeds = model.tokenizer.encode(prompts)
     results.append(_exact("text", {k: v.tolist() for k, v in feeds.items()},
                           {k: text[k] for k in feeds}, "token ids and masks"))
-    results.append(_tensors(stages["text_encoder"], model.sessions["text_encoder"].run(feeds)))
+    text_out = model.sessions["text_encoder"].run(feeds)
+    results.append(_tensors(stages["text_encoder"], text_out))
     scores = stages["scores"]
-    probabilities = model.probabilities(model.logits(model.embed_image([image]), model.embed_text(prompts)))
+    probabilities = model.probabilities(model.logits(l2_normalize(image_out["image_embeds"]),
+                                                     l2_normalize(text_out["text_embeds"])))
     error = float(np.max(np.abs(probabilities - np.asarray(scores["probabilities"]))))
     limit = scores["tolerance"]["max_abs"]
     results.append(StageResult("scores", error <= limit, error, limit,
