@@ -66,3 +66,7 @@ class ExportError(PocketVLMError):
 
 class InputError(PocketVLMError):
     """A runtime input (labels, text, options) is invalid."""
+
+
+class NpuError(PocketVLMError):
+    """The NPU path cannot run or compile: the vendor plugin is missing, a SoC is unknown, or the backend refused."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pocketvlm.runtime.errors import BundleError, InputError
-from pocketvlm.runtime.static_decode import DECODE, PREFILL_PREFIX, check_call, chunks, run_rows
+from pocketvlm.runtime.static_decode import DECODE, StaticKVCache, run_rows
 
 
 class _Runner:
@@ -69,57 +69,20 @@ class LiteRTSession:
         self.runners = {name: _Runner(self._interpreter, name) for name in self._interpreter.get_signature_list()}
         self.backend = f"ai-edge-litert {_version()} XNNPACK (CPU)"
         self.owns_kv_cache = DECODE in self.runners
-        self._past: dict[str, np.ndarray] = {}  # decoder: the KV cache, [1, kv_heads, C, head_dim] per name
-        self._mask = np.zeros((1, 0), np.int64)  # decoder: 1 for the filled slots
-        self._filled = 0
-        if self.owns_kv_cache:
-            decode = self.runners[DECODE]
-            self._past = {name: np.zeros(shape, dtype) for name, (shape, dtype) in decode.inputs.items()
-                          if name.startswith("past_")}
-            self._mask = np.zeros((1, int(self.static["kv_capacity"])), decode.inputs["attention_mask"][1])
+        self.cache = StaticKVCache(self.runners[DECODE].inputs, int(self.static["kv_capacity"]), "LiteRT",
+                                   self.runners[DECODE].inputs["attention_mask"][1]) if self.owns_kv_cache else None
 
     def reset(self) -> None:
-        """A new sequence (decoders): the used slots are cleared, so a generation never sees the last one's values
-        even where they are masked; nothing to do for an encoder."""
-        for buffer in self._past.values():
-            buffer[:, :, : self._filled] = 0
-        self._mask[:] = 0
-        self._filled = 0
+        """A new sequence (decoders); nothing to do for an encoder."""
+        if self.cache is not None:
+            self.cache.reset()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.owns_kv_cache:
-            return self._run_decoder(feeds)
+        if self.cache is not None:
+            return self.cache.run(feeds, dict(self.runners), int(self.static["image_token_id"]))
         (runner,) = self.runners.values()
         shapes = {k: shape for k, (shape, _) in runner.inputs.items()}
         return run_rows(runner, feeds, self.static.get("loop_inputs") or [], shapes, self.output_names)
-
-    # -- text_decoder --------------------------------------------------------------------------------------------------
-    def _run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One call of the runtime's loop (a prompt, or one token) over this session's KV cache: the caller's
-        ``attention_mask`` says how many tokens it believes are cached, which must match; ``past_*`` feeds, if any,
-        are ignored. Returns the last position's ``logits``."""
-        capacity, image_token = int(self.static["kv_capacity"]), int(self.static["image_token_id"])
-        prefill = next(r for name, r in self.runners.items() if name.startswith(PREFILL_PREFIX))
-        prefill_length = prefill.inputs["input_ids"][0][1]
-        ids = np.asarray(feeds["input_ids"])
-        claimed = int(np.asarray(feeds["attention_mask"])[0, : -ids.shape[1]].sum())
-        if claimed != self._filled:
-            raise InputError(f"the caller's KV cache holds {claimed} tokens but this LiteRT decoder's cache holds "
-                             f"{self._filled}", "call reset() before each new sequence, and run one at a time")
-        check_call(ids, self._filled, capacity, "LiteRT")
-        logits = None
-        for chunk in chunks(feeds, prefill_length, image_token):
-            size = chunk.pad + chunk.real
-            mask = np.concatenate([self._mask, np.zeros((1, chunk.pad), self._mask.dtype),
-                                   np.ones((1, chunk.real), self._mask.dtype)], 1)
-            out = self.runners[chunk.entry]({**chunk.feeds, **self._past, "attention_mask": mask})
-            logits = out["logits"]
-            end = self._filled + chunk.real
-            for name, buffer in self._past.items():  # the new entries go to the next free slots
-                buffer[:, :, self._filled : end] = out[name.replace("past_", "present_")][:, :, chunk.pad : size]
-            self._mask[:, self._filled : end] = 1
-            self._filled = end
-        return {"logits": logits}
 
 
 def _version() -> str:

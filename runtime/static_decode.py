@@ -87,3 +87,48 @@ def run_rows(call: Callable[[Feeds], Feeds], feeds: Feeds, loop: Sequence[str], 
                          "pass the same number of rows for each")
     parts = [call({k: (v[i : i + 1] if k in loop else v) for k, v in feeds.items()}) for i in range(rows.pop())]
     return {k: np.concatenate([p[k] for p in parts], axis=0) for k in output_names}
+
+
+class StaticKVCache:
+    """The KV cache a static-shape decoder session owns (LiteRT signatures, QNN contexts): one ``capacity``-slot
+    buffer per layer and kind, allocated once and filled in place with the entries each call returns, and the mask
+    of filled slots. ``run`` takes one call of the runtime's loop (a prompt, or one token) through the ``prefill_N``
+    and ``decode`` entry points; the caller's ``attention_mask`` says how many tokens it believes are cached, which
+    must match (its ``past_*`` feeds, if any, are ignored)."""
+
+    def __init__(self, past: dict[str, tuple[tuple[int, ...], np.dtype]], capacity: int, engine: str,
+                 mask_dtype: np.dtype | type = np.int64) -> None:
+        self.past = {name: np.zeros(shape, dtype) for name, (shape, dtype) in past.items() if name.startswith("past_")}
+        self.mask = np.zeros((1, capacity), mask_dtype)
+        self.capacity, self.engine, self.filled = capacity, engine, 0
+
+    def reset(self) -> None:
+        """A new sequence: the used slots are cleared, so a generation never sees the last one's values even where
+        they are masked."""
+        for buffer in self.past.values():
+            buffer[:, :, : self.filled] = 0
+        self.mask[:] = 0
+        self.filled = 0
+
+    def run(self, feeds: dict[str, np.ndarray], entries: dict[str, Callable[[Feeds], Feeds]],
+            image_token: int) -> dict[str, np.ndarray]:
+        prefill = next(name for name in entries if name.startswith(PREFILL_PREFIX))
+        ids = np.asarray(feeds["input_ids"])
+        claimed = int(np.asarray(feeds["attention_mask"])[0, : -ids.shape[1]].sum())
+        if claimed != self.filled:
+            raise InputError(f"the caller's KV cache holds {claimed} tokens but this {self.engine} decoder's cache "
+                             f"holds {self.filled}", "call reset() before each new sequence, and run one at a time")
+        check_call(ids, self.filled, self.capacity, self.engine)
+        logits = None
+        for chunk in chunks(feeds, int(prefill[len(PREFILL_PREFIX):]), image_token):
+            size = chunk.pad + chunk.real
+            mask = np.concatenate([self.mask, np.zeros((1, chunk.pad), self.mask.dtype),
+                                   np.ones((1, chunk.real), self.mask.dtype)], 1)
+            out = entries[chunk.entry]({**chunk.feeds, **self.past, "attention_mask": mask})
+            logits = out["logits"]
+            end = self.filled + chunk.real
+            for name, buffer in self.past.items():  # the new entries go to the next free slots
+                buffer[:, :, self.filled : end] = out[name.replace("past_", "present_")][:, :, chunk.pad : size]
+            self.mask[:, self.filled : end] = 1
+            self.filled = end
+        return {"logits": logits}
