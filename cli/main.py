@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "bench": "latency, tokens/s, memory and the decode roofline of a bundle on this machine",
     "serve": "serve the web demo and a bundle on this machine (cross-origin isolated, allow-listed files only)",
     "selftest": "replay a bundle's golden record on this runtime: PASS/FAIL per stage with the measured error",
+    "npu-check": "what Qualcomm's HTP compiler does with an ONNX bundle, per SoC: placement, reasons, compile, error",
     "demo": "export and run the embedded default models end to end (offline)",
 }
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="CLIP-style models and small VLMs to verified phone artifacts")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
-        module = importlib.import_module(f"pocketvlm.cli.{name}_cmd")
+        module = importlib.import_module(f"pocketvlm.cli.{name.replace('-', '_')}_cmd")
         module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(f"pocketvlm.cli.{args.command}_cmd")
+    module = importlib.import_module(f"pocketvlm.cli.{args.command.replace('-', '_')}_cmd")
     try:
         return int(module.run(args) or 0)
     except PocketVLMError as exc:

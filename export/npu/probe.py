@@ -1,0 +1,116 @@
+"""One graph through the QNN HTP backend in a child process (``worker``): placement per node with the EP's reasons,
+compile pass/fail with the backend's error lines, the EPContext model and binary when asked, and emulated outputs.
+
+A crash of the backend (a signal) or a hang (``timeout``) is reported as a failed compile with the log's last error
+lines; nothing the child half-wrote is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pocketvlm.export.npu.log import parse
+from pocketvlm.runtime.qnn import Soc
+
+TIMEOUT = 3600  # seconds: a 2B-class vision tower compiles in minutes; beyond an hour the backend is stuck
+
+
+@dataclass
+class Probe:
+    soc: str
+    ok: bool
+    htp_nodes: int = 0
+    partitions: int = 0
+    cpu_nodes: list[dict[str, str]] = field(default_factory=list)  # node, op, reason
+    compile_seconds: float | None = None
+    error_lines: list[str] = field(default_factory=list)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    context_files: list[Path] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.htp_nodes + len(self.cpu_nodes)
+
+    @property
+    def share(self) -> float:
+        return self.htp_nodes / self.total if self.total else 0.0
+
+    def cpu_ops(self) -> list[dict[str, Any]]:
+        """CPU nodes grouped by (op, reason): [{"op", "nodes", "reason", "examples"}]."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for row in self.cpu_nodes:
+            groups.setdefault((row["op"], row["reason"]), []).append(row["node"])
+        return [{"op": op, "nodes": len(names), "reason": reason, "examples": names[:3]}
+                for (op, reason), names in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+
+
+def probe(model: Path, soc: Soc, overrides: dict[str, int] | None = None, context: Path | None = None,
+          feeds: dict[str, np.ndarray] | None = None, timeout: int = TIMEOUT) -> Probe:
+    """Run ``model`` through the HTP backend for ``soc`` in a child process. ``context``: write the EPContext model
+    there (its binary beside it). ``feeds``: run them (on the compiled context when there is one)."""
+    with tempfile.TemporaryDirectory(prefix="pocketvlm-qnn-") as tmp:
+        work = Path(tmp)
+        request: dict[str, Any] = {"model": str(model), "soc": soc.name, "overrides": overrides or {},
+                                   "log": str(work / "ep.log"), "context": str(context) if context else None}
+        if feeds is not None:
+            np.savez(work / "feeds.npz", **feeds)
+            request.update(feeds=str(work / "feeds.npz"), outputs=str(work / "outputs.npz"))
+        (work / "request.json").write_text(json.dumps(request), encoding="utf-8")
+        try:
+            done = subprocess.run([sys.executable, "-m", "pocketvlm.export.npu.worker", str(work / "request.json")],
+                                  capture_output=True, text=True, timeout=timeout)
+            crashed = None if done.returncode == 0 else _describe_exit(done.returncode)
+        except subprocess.TimeoutExpired:
+            done, crashed = None, f"the HTP backend did not finish within {timeout} s"
+        log = parse((work / "ep.log").read_text(encoding="utf-8", errors="replace")
+                    if (work / "ep.log").exists() else "")
+        result = _last_json(done.stdout) if done is not None and crashed is None else None
+        written = _context_files(context)
+        if result is None or not result.get("ok"):
+            for path in written:  # nothing half-written stays behind
+                path.unlink(missing_ok=True)
+            why = crashed or (result or {}).get("error") or "the worker wrote no result"
+            return Probe(soc.name, False, error_lines=[why, *log.errors[-8:]])
+        cpu = [{"node": name, "op": op, "reason": log.reason(name, op)} for name, op in result["cpu_nodes"]]
+        outputs: dict[str, np.ndarray] = {}
+        if feeds is not None:
+            with np.load(work / "outputs.npz") as data:
+                outputs = {k: data[k] for k in data.files}
+        return Probe(soc.name, True, result["htp_nodes"], result["partitions"], cpu, result["compile_seconds"],
+                     outputs=outputs, context_files=written)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the HTP backend crashed the compiler process ({name})"
+    return f"the compiler process exited with status {code}"
+
+
+def _last_json(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return dict(json.loads(line))
+            except ValueError:
+                return None
+    return None
+
+
+def _context_files(context: Path | None) -> list[Path]:
+    if context is None:
+        return []
+    binaries = sorted(context.parent.glob(f"{context.stem}*.bin"))
+    return [p for p in (context, *binaries) if p.exists()]
