@@ -41,6 +41,7 @@ def recorded_feeds(bundle: Bundle, image_size: int | None = None) -> dict[str, l
     provider; ``image_size`` resizes the golden image to a square of that side first."""
     from pocketvlm.export.golden import GOLDEN_LABELS, golden_image
     from pocketvlm.runtime.dual_encoder import DualEncoder
+    from pocketvlm.runtime.generation import GenerationConfig
     from pocketvlm.runtime.vlm import VisionLanguageModel
 
     image = golden_image()
@@ -51,7 +52,7 @@ def recorded_feeds(bundle: Bundle, image_size: int | None = None) -> dict[str, l
     recorders = {name: FeedRecorder(session) for name, session in model.sessions.items()}
     model.sessions.update(recorders)
     if vlm:
-        model.generate(image, max_new_tokens=2)
+        model.generate(image, config=GenerationConfig(max_new_tokens=3, ignore_eos=True))
     else:
         model.classify([image], list(GOLDEN_LABELS))
     return {name: recorder.feeds for name, recorder in recorders.items()}
@@ -106,7 +107,10 @@ def check_entry(path: Path, soc: Soc, pins: dict[str, int], feeds: dict[str, np.
     row: dict[str, Any] = {"as_exported": summary(exported), "pinned": summary(pinned)}
     if pinned.ok:
         row["pinned"]["context_bytes"] = sum(p.stat().st_size for p in pinned.context_files)
-        row["error_vs_cpu"] = compare(pinned.outputs, reference.run(feeds))
+        if pinned.run_error:
+            row["run_error"] = pinned.run_error
+        else:
+            row["error_vs_cpu"] = compare(pinned.outputs, reference.run(feeds))
     dynamic = sum(1 for n in exported.cpu_nodes if n["reason"].startswith("Cannot get shape"))
     if exported.ok and exported.share < 0.5 and dynamic:
         row["dynamic_shapes"] = (f"as exported, {exported.total - exported.htp_nodes} of {exported.total} nodes run "
@@ -187,8 +191,17 @@ def soc_lines(soc: str, row: dict[str, Any], reference: str) -> list[str]:
         lines.append("  " + row["dynamic_shapes"])
     for op in pinned["cpu_ops"]:
         lines.append(f"  on CPU: {op['op']} x{op['nodes']} ({op['reason']}) e.g. {', '.join(op['examples'])}")
-    for output, err in row.get("error_vs_cpu", {}).items():
-        extra = f", argmax equal {bool(err['argmax_equal'])}" if "argmax_equal" in err else ""
-        lines.append(f"  emulated {output} vs {reference}: max abs {err['max_abs']:.3e} (of "
-                     f"{err['reference_max_abs']:.3g}), cosine {err['cosine']:.6f}{extra}")
+    if "run_error" in row:
+        lines.append(f"  compiled, but the emulated HTP failed to run the recorded feeds: {row['run_error']}")
+    errors = row.get("error_vs_cpu", {})
+    cache = {k: v for k, v in errors.items() if k.startswith("present_")}
+    for output, err in errors.items():
+        if output not in cache:
+            extra = f", argmax equal {bool(err['argmax_equal'])}" if "argmax_equal" in err else ""
+            lines.append(f"  emulated {output} vs {reference}: max abs {err['max_abs']:.3e} (of "
+                         f"{err['reference_max_abs']:.3g}), cosine {err['cosine']:.6f}{extra}")
+    if cache:
+        worst = min(cache, key=lambda k: cache[k]["cosine"])
+        lines.append(f"  emulated KV entries ({len(cache)} tensors) vs {reference}: worst cosine "
+                     f"{cache[worst]['cosine']:.6f} ({worst}), max abs {max(v['max_abs'] for v in cache.values()):.3e}")
     return lines

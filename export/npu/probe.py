@@ -35,6 +35,7 @@ class Probe:
     error_lines: list[str] = field(default_factory=list)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     context_files: list[Path] = field(default_factory=list)
+    run_error: str | None = None  # compiled, but the HTP failed to execute the feeds
 
     @property
     def total(self) -> int:
@@ -82,11 +83,11 @@ def probe(model: Path, soc: Soc, overrides: dict[str, int] | None = None, contex
             return Probe(soc.name, False, error_lines=[why, *log.errors[-8:]])
         cpu = [{"node": name, "op": op, "reason": log.reason(name, op)} for name, op in result["cpu_nodes"]]
         outputs: dict[str, np.ndarray] = {}
-        if feeds is not None:
+        if feeds is not None and not result.get("run_error"):
             with np.load(work / "outputs.npz") as data:
                 outputs = {k: data[k] for k in data.files}
         return Probe(soc.name, True, result["htp_nodes"], result["partitions"], cpu, result["compile_seconds"],
-                     outputs=outputs, context_files=written)
+                     outputs=outputs, context_files=written, run_error=result.get("run_error"))
 
 
 def _describe_exit(code: int) -> str:

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def main(request_path: str) -> int:
     os.dup2(log, 2)
     soc = SOCS[request["soc"]]
     context = Path(request["context"]) if request.get("context") else None
-    result: dict = {"ok": False}
+    result: dict[str, Any] = {"ok": False}
     try:
         start = time.perf_counter()
         options = session_options(soc, request.get("overrides") or {}, record_placement=True,
@@ -42,18 +43,25 @@ def main(request_path: str) -> int:
             if context is not None:
                 del session
                 session = htp_session(context, session_options(soc, log_severity=3))
-            with np.load(request["feeds"]) as data:
-                feeds = {k: data[k] for k in data.files}
-            names = [o.name for o in session.get_outputs()]
-            start = time.perf_counter()
-            outputs = session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()})
-            result["emulated_run_seconds"] = round(time.perf_counter() - start, 3)
-            np.savez(request["outputs"], **dict(zip(names, outputs, strict=True)))
+            result["run_error"] = run(session, request)
     except PocketVLMError as exc:
         result.update(ok=False, error=exc.one_line())
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
+
+
+def run(session: Any, request: dict[str, Any]) -> str | None:
+    """Run the request's feeds, write the outputs; the backend's execution error (as one line) if it fails."""
+    with np.load(request["feeds"]) as data:
+        feeds = {k: data[k] for k in data.files}
+    names = [o.name for o in session.get_outputs()]
+    try:
+        outputs = session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()})
+    except Exception as exc:  # ORT's RuntimeException carrying the QNN graph-execute error
+        return " ".join(str(exc).split())[:400]
+    np.savez(request["outputs"], **dict(zip(names, outputs, strict=True)))
+    return None
 
 
 if __name__ == "__main__":
