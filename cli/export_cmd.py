@@ -1,8 +1,14 @@
-"""pocketvlm export --model DIR --target onnx|tflite|coreml --quant int8 --out DIR [--shapes shapes.json]"""
+"""pocketvlm export --model DIR --target onnx|tflite|coreml|qnn --quant int8 --out DIR [--shapes shapes.json]
+[--soc SM8650,SM8750] [--calibration-images DIR] [--calibration-texts FILE]"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from pocketvlm.runtime.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -10,16 +16,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     required.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
     required.add_argument("--out", required=True, help="bundle directory to write (an existing bundle is replaced)")
     optional = parser.add_argument_group("optional")
-    optional.add_argument("--target", default="onnx", choices=("onnx", "tflite", "coreml"),
-                          help="onnx (default), tflite or coreml")
+    optional.add_argument("--target", default="onnx", choices=("onnx", "tflite", "coreml", "qnn"),
+                          help="onnx (default), tflite, coreml, or qnn (Qualcomm HTP, needs pocketvlm[npu])")
     optional.add_argument("--quant", default=None,
                           help="fp32 | fp16 | int8 | int4 | palette4 (coreml), per component as "
-                          "'int8,text_encoder=int4', or a JSON file; default fp32 (fp16 for coreml)")
+                          "'int8,text_encoder=int4', or a JSON file; a16w8 | a8w8 (qnn); default fp32 (fp16 for "
+                          "coreml and qnn)")
     optional.add_argument("--deployment-target", default="iOS18", help="coreml: iOS16 | iOS17 | iOS18 (default)")
     optional.add_argument("--split-vision", action="store_true",
                           help="VLMs: export the vision side as vision_frontend + vision_transformer")
     optional.add_argument("--shapes", help="tflite, coreml: JSON file of static shapes (prefill_length, kv_capacity, "
                           "image_size); defaults 128, 1024, 448")
+    optional.add_argument("--soc", default="SM8650",
+                          help="qnn: Snapdragon part number(s) to compile for, comma-separated (default SM8650)")
+    optional.add_argument("--calibration-images", type=Path, default=None,
+                          help="qnn a16w8/a8w8: a directory of representative images (32+) for activation ranges")
+    optional.add_argument("--calibration-texts", type=Path, default=None,
+                          help="qnn a16w8/a8w8 text encoders: a file of prompts, one per line")
     optional.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
 
 
@@ -29,13 +42,43 @@ def run(args: argparse.Namespace) -> int:
     from pocketvlm.export.quant.config import QuantConfig
     from pocketvlm.export.static_shapes import StaticShapes
     from pocketvlm.runtime.manifest import load_bundle
+    from pocketvlm.runtime.qnn import parse_socs
 
-    quant = QuantConfig.parse(args.quant or ("fp16" if args.target == "coreml" else "fp32"))
+    quant = QuantConfig.parse(args.quant or ("fp16" if args.target in ("coreml", "qnn") else "fp32"))
+    extra = {}
+    if args.target == "qnn":
+        extra = {"socs": tuple(s.name for s in parse_socs(args.soc)),
+                 "calibration_images": calibration_images(args.calibration_images),
+                 "calibration_texts": calibration_texts(args.calibration_texts)}
     out = export_bundle(args.model, args.out, target=args.target, quant=quant, progress=Progress(args.progress),
                         split_vision=args.split_vision, shapes=StaticShapes.load(args.shapes),
-                        deployment_target=args.deployment_target)
+                        deployment_target=args.deployment_target, **extra)
     bundle = load_bundle(out)
     parts = ", ".join(f"{name} {spec.bytes / 1e6:.2f} MB ({spec.quantization['method']})"
                       for name, spec in bundle.components.items())
     print(f"exported {bundle.family} to {out}: {parts}; total {bundle.total_bytes / 1e6:.2f} MB")
     return 0
+
+
+def calibration_images(folder: Path | None) -> tuple[Path, ...]:
+    if folder is None:
+        return ()
+    if not folder.is_dir():
+        raise InputError(f"--calibration-images {folder} is not a directory", "pass a folder of images")
+    images = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    if not images:
+        raise InputError(f"--calibration-images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files",
+                         "pass a folder of representative images (32 or more)")
+    return images
+
+
+def calibration_texts(path: Path | None) -> tuple[str, ...]:
+    if path is None:
+        return ()
+    try:
+        lines = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read --calibration-texts {path}: {exc}", "pass a UTF-8 text file") from exc
+    if not lines:
+        raise InputError(f"--calibration-texts {path} is empty", "write one prompt per line")
+    return lines

@@ -44,26 +44,30 @@ Calibration = Mapping[str, Any]
 def export_bundle(model_dir: Path | str, out_dir: Path | str, target: str = "onnx",
                   quant: QuantConfig | None = None, progress: Progress | None = None,
                   split_vision: bool = False, shapes: StaticShapes | None = None,
-                  deployment_target: str = "iOS18") -> Path:
-    """Export a checkpoint directory to a verified-on-load bundle. Returns the bundle directory."""
+                  deployment_target: str = "iOS18", **options: Any) -> Path:
+    """Export a checkpoint directory to a verified-on-load bundle. Returns the bundle directory. ``options``:
+    ``ExportOptions`` fields (``socs``, ``calibration_images``, ``calibration_texts`` for ``qnn``)."""
     return export_bundles(model_dir, [(out_dir, quant or QuantConfig())], target, progress, split_vision,
-                          shapes=shapes, deployment_target=deployment_target)[0]
+                          shapes=shapes, deployment_target=deployment_target, **options)[0]
 
 
 def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantConfig]], target: str = "onnx",
                    progress: Progress | None = None, split_vision: bool = False,
                    calibration: Calibration | None = None, shapes: StaticShapes | None = None,
-                   deployment_target: str = "iOS18", isolate: bool = True) -> list[Path]:
+                   deployment_target: str = "iOS18", isolate: bool = True, socs: tuple[str, ...] = ("SM8650",),
+                   calibration_images: tuple[Path, ...] = (), calibration_texts: tuple[str, ...] = ()) -> list[Path]:
     """Export one checkpoint to several bundles (e.g. fp32, int8 and int4) from one load and one conversion; each
     bundle is published atomically on its own. ``calibration`` maps a component name to the feeds it sees in use
     (recorded through an fp32 bundle of the same target); components quantized with GPTQ need it. ``shapes`` sets
     the static shapes of a ``tflite`` or ``coreml`` bundle; ``deployment_target`` and ``isolate`` (each component
-    converted in its own process) apply to ``coreml``."""
+    converted in its own process) apply to ``coreml``; ``socs`` and the calibration images / texts (static QDQ
+    activations) to ``qnn``."""
     model_dir = Path(model_dir)
     plan = [(Path(out), quant) for out, quant in outputs]
     say = progress or (lambda message: None)
     chosen = get_target(target)
-    options = ExportOptions(shapes or StaticShapes(), deployment_target, isolate, split_vision)
+    options = ExportOptions(shapes or StaticShapes(), deployment_target, isolate, split_vision, tuple(socs),
+                            tuple(Path(p) for p in calibration_images), tuple(calibration_texts))
     if not plan or len({out.resolve() for out, _ in plan}) != len(plan):
         raise ExportError("each bundle needs its own output directory", "give every quantization its own --out")
     if split_vision and not chosen.splits_vision:

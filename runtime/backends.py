@@ -105,5 +105,9 @@ def open_session(bundle: Bundle, component: str, providers: list[str] | None = N
         package = bundle.file(spec.file)
         return CoreMLSession(package, bundle.manifest["components"][component],
                              predictor(package) if predictor else None)
+    if spec.format == "qnn_context":
+        from pocketvlm.runtime.qnn import QnnSession
+
+        return QnnSession(bundle.path, bundle.manifest["components"][component], threads=threads)
     raise BundleError(f"component '{component}' has format '{spec.format}', which this runtime cannot run",
-                      "export with --target onnx, tflite or coreml")
+                      "export with --target onnx, tflite, coreml or qnn")

@@ -20,7 +20,8 @@ from typing import Any
 
 from pocketvlm.runtime.errors import QuantizationError
 
-METHODS = ("fp32", "fp16", "int8", "int4", "palette4")  # palette4: Core ML only
+# palette4: Core ML only; a16w8 / a8w8 (static QDQ: 16- or 8-bit activations, 8-bit weights): QNN only
+METHODS = ("fp32", "fp16", "int8", "int4", "palette4", "a16w8", "a8w8")
 
 
 @dataclass(frozen=True)

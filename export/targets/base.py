@@ -30,13 +30,17 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """Target settings that are not quantization: static shapes (LiteRT, Core ML), the Core ML deployment target,
-    whether each Core ML component converts in its own process, and the ONNX vision split."""
+    """Target settings that are not quantization: static shapes (LiteRT, Core ML, QNN), the Core ML deployment
+    target, whether each Core ML component converts in its own process, the vision split, the SoCs a QNN bundle is
+    compiled for, and the images / texts its static activation quantization is calibrated on."""
 
     shapes: StaticShapes = field(default_factory=StaticShapes)
     deployment_target: str = "iOS18"
     isolate: bool = True
     split_vision: bool = False
+    socs: tuple[str, ...] = ("SM8650",)
+    calibration_images: tuple[Path, ...] = ()
+    calibration_texts: tuple[str, ...] = ()
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pocketvlm.export.targets.base import Target
 from pocketvlm.export.targets.coreml.target import CoreMLTarget
 from pocketvlm.export.targets.onnx.target import OnnxTarget
+from pocketvlm.export.targets.qnn.target import QnnTarget
 from pocketvlm.export.targets.tflite.target import TFLiteTarget
 from pocketvlm.runtime.errors import ExportError
 
@@ -13,6 +14,7 @@ TARGETS: dict[str, Target] = {
     "onnx": OnnxTarget(),
     "tflite": TFLiteTarget(),
     "coreml": CoreMLTarget(),
+    "qnn": QnnTarget(),
 }
 
 

@@ -120,9 +120,12 @@ def _release_torch_weights() -> None:
     gc.collect()
 
 
-def export_component(model: Any, component: ComponentDef, path: Path) -> None:
+def export_component(model: Any, component: ComponentDef, path: Path,
+                     static_inputs: dict[str, Any] | None = None) -> None:
+    """fp32 graph of ``component`` at ``path``: dynamic dims as the signature declares them, or, with
+    ``static_inputs``, every shape fixed to those feeds' (the QNN target's graphs)."""
     module = component.wrap(model).eval()
-    inputs = component.example_inputs(model.config)
+    inputs = static_inputs if static_inputs is not None else component.example_inputs(model.config)
     in_defs, out_defs = component.signature(model.config)
     if list(inputs) != [t.name for t in in_defs]:
         raise ExportError(f"{component.name}: example inputs {list(inputs)} differ from the signature",
@@ -138,7 +141,8 @@ def export_component(model: Any, component: ComponentDef, path: Path) -> None:
                 opset_version=OPSET,
                 input_names=[t.name for t in in_defs],
                 output_names=[t.name for t in out_defs],
-                dynamic_shapes=dynamic_shapes(component, model.config, module),
+                dynamic_shapes=None if static_inputs is not None else dynamic_shapes(component, model.config,
+                                                                                     module),
                 optimize=False,  # the exporter's optimizer copies every transposed weight at once: see _optimize
                 verbose=False,
             )
