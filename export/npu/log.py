@@ -17,7 +17,8 @@ REASON = re.compile(r"REASON\s*:\s*(?P<reason>.+)")
 BACKEND = re.compile(r"backendValidateOpConfig\(\) failed for node `(?P<node>[^`]+)` of type `(?P<type>[^`]+)` "
                      r"with error code (?P<code>\d+)")
 UNSUPPORTED = re.compile(r"Operators? of type `?(?P<op>[A-Za-z0-9_]+)`? (?:is|are) not supported", re.I)
-ERROR = re.compile(r"\[E:|\bQnnDsp <E>|\bQnnHtp <E>|<E>\s")
+ERROR = re.compile(r"\[E:|\bQnnDsp <E>|\bQnnHtp <E>|<E>\s|::ERROR:")
+BACKEND_ERROR = re.compile(r"::ERROR:")  # the HTP's own op-level errors (e.g. "relu.cc:202::ERROR:reluXY limit ...")
 
 
 @dataclass
@@ -25,6 +26,7 @@ class EpLog:
     reasons: dict[str, str] = field(default_factory=dict)  # node name -> the EP's reason
     unsupported_ops: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
+    backend_errors: list[str] = field(default_factory=list)
 
     def reason(self, node: str, op: str) -> str:
         if node in self.reasons:
@@ -56,6 +58,8 @@ def parse(text: str) -> EpLog:
             found.unsupported_ops.add(match["op"])
         if ERROR.search(line):
             found.errors.append(_strip(line))
+        if BACKEND_ERROR.search(line):
+            found.backend_errors.append(_strip(line))
     return found
 
 

@@ -58,6 +58,8 @@ def probe(model: Path, soc: Soc, overrides: dict[str, int] | None = None, contex
           feeds: dict[str, np.ndarray] | None = None, timeout: int = TIMEOUT) -> Probe:
     """Run ``model`` through the HTP backend for ``soc`` in a child process. ``context``: write the EPContext model
     there (its binary beside it). ``feeds``: run them (on the compiled context when there is one)."""
+    for stale in _context_files(context):  # the EP refuses to overwrite an EPContext model
+        stale.unlink()
     with tempfile.TemporaryDirectory(prefix="pocketvlm-qnn-") as tmp:
         work = Path(tmp)
         request: dict[str, Any] = {"model": str(model), "soc": soc.name, "overrides": overrides or {},
@@ -87,7 +89,15 @@ def probe(model: Path, soc: Soc, overrides: dict[str, int] | None = None, contex
             with np.load(work / "outputs.npz") as data:
                 outputs = {k: data[k] for k in data.files}
         return Probe(soc.name, True, result["htp_nodes"], result["partitions"], cpu, result["compile_seconds"],
-                     outputs=outputs, context_files=written, run_error=result.get("run_error"))
+                     outputs=outputs, context_files=written, run_error=_run_error(result, log.backend_errors))
+
+
+def _run_error(result: dict[str, Any], backend: list[str]) -> str | None:
+    """The execution error, led by the HTP's own op-level error lines where it logged any (ORT's message after a
+    failed HTP run is about its CPU retry, which cannot run an EPContext node)."""
+    if not result.get("run_error"):
+        return None
+    return "; ".join([*dict.fromkeys(backend[:3]), result["run_error"]]) if backend else result["run_error"]
 
 
 def _describe_exit(code: int) -> str:

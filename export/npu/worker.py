@@ -42,7 +42,8 @@ def main(request_path: str) -> int:
         if request.get("feeds"):
             if context is not None:
                 del session
-                session = htp_session(context, session_options(soc, log_severity=3))
+                session = htp_session(context, session_options(soc, log_severity=0 if request.get("verbose", True)
+                                                               else 3))
             result["run_error"] = run(session, request)
     except PocketVLMError as exc:
         result.update(ok=False, error=exc.one_line())

@@ -25,6 +25,7 @@ from pocketvlm.export.targets.base import Capabilities, ExportContext, ExportOpt
 from pocketvlm.export.targets.onnx.convert import export_component
 from pocketvlm.export.targets.qnn.calibration import calibration_feeds
 from pocketvlm.export.targets.qnn.qdq import quantize_qdq, record
+from pocketvlm.export.targets.qnn.rewrite import degenerate_clips, gathernd_to_gather
 from pocketvlm.runtime.errors import ExportError, QuantizationError
 from pocketvlm.runtime.manifest import sha256_file
 from pocketvlm.runtime.qnn import parse_socs, versions
@@ -54,7 +55,10 @@ class QnnTarget:
         examples = static_examples(component, ctx.config, ctx.metadata[0], ctx.options.shapes)
         ctx.state[component.name] = {"examples": examples, "qdq": {}}
         for entry, feeds in examples.items():
-            export_component(ctx.model, component, ctx.scratch / f"{stem(component.name, entry)}.onnx", feeds)
+            graph = ctx.scratch / f"{stem(component.name, entry)}.onnx"
+            export_component(ctx.model, component, graph, feeds)
+            gathernd_to_gather(graph)  # mask index grids: the HTP refuses GatherND
+            degenerate_clips(graph)  # clamp(0, 0) over one image row: the HTP's ReluMinMax refuses it
 
     def calibrate(self, ctx: ExportContext, component: ComponentDef, feeds: Any) -> Any:
         return feeds

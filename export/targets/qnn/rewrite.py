@@ -1,0 +1,98 @@
+"""Graph edits that keep whole graphs on the HTP.
+
+``GatherND`` with constant indices (transformers builds attention masks as ``mask[batch_idx, kv_idx]`` over index
+grids, which the exporter writes as GatherND on a bool tensor): the HTP backend refuses it (QNN error 3110, seen on
+bool and uint8 data), which leaves one node on CPU and splits the graph into two HTP partitions; a decode graph
+split that way compiled but failed to execute on the emulator. With constant indices and a static data shape it is
+exactly a ``Gather`` of precomputed flat indices from the data reshaped to ``[prod(indexed dims), *rest]``; bool data
+goes through float around it (the HTP refused Gather of uint8 too).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def gathernd_to_gather(path: Path) -> int:
+    """Rewrite every GatherND with constant indices (batch_dims 0) and static data shape in the graph at ``path``
+    in place; returns how many were rewritten."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inferred = shape_inference.infer_shapes(model)
+    infos = {v.name: v.type.tensor_type for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    nodes, done = [], 0
+    for node in graph.node:
+        batch_dims = next((a.i for a in node.attribute if a.name == "batch_dims"), 0)
+        info = infos.get(node.input[0]) if node.op_type == "GatherND" else None
+        indices = constants.get(node.input[1]) if node.op_type == "GatherND" else None
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in info.shape.dim] if info else None
+        if indices is None or batch_dims or not shape or None in shape:
+            nodes.append(node)
+            continue
+        depth = indices.shape[-1]
+        strides = np.cumprod([1, *shape[:depth][::-1]])[:-1][::-1]
+        flat = (indices.astype(np.int64) * strides).sum(-1).astype(np.int64)
+        prefix = f"{node.name}_as_gather"
+        data = node.input[0]
+        is_bool = info.elem_type == TensorProto.BOOL
+        if is_bool:
+            nodes.append(helper.make_node("Cast", [data], [f"{prefix}_u8"], to=TensorProto.FLOAT, name=f"{prefix}_in"))
+            data = f"{prefix}_u8"
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([int(np.prod(shape[:depth])), *shape[depth:]], np.int64),
+                                    f"{prefix}_shape"),
+            numpy_helper.from_array(flat, f"{prefix}_flat")])
+        nodes.append(helper.make_node("Reshape", [data, f"{prefix}_shape"], [f"{prefix}_rows"], name=f"{prefix}_rs"))
+        out = f"{prefix}_out" if is_bool else node.output[0]
+        nodes.append(helper.make_node("Gather", [f"{prefix}_rows", f"{prefix}_flat"], [out], axis=0, name=node.name))
+        if is_bool:
+            nodes.append(helper.make_node("Cast", [out], [node.output[0]], to=TensorProto.BOOL, name=f"{prefix}_o"))
+        done += 1
+    if done:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        # the weights are in memory (onnx.load read them), and onnx refuses to overwrite an external-data file: the
+        # scratch graph's old one goes first
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
+        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    return done
+
+
+def degenerate_clips(path: Path) -> int:
+    """``Clip`` with constant ``min == max`` (``index.clamp(0, rows - 1)`` over a single image row in a decode graph)
+    as ``x * 0 + min``: the HTP's ReluMinMax refuses an empty range at run time ("reluXY limit 0 not > 0")."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    nodes, done = [], 0
+    for node in graph.node:
+        bounds = [constants.get(name) for name in node.input[1:3]] if node.op_type == "Clip" else []
+        if len(bounds) != 2 or any(b is None for b in bounds) or not np.array_equal(bounds[0], bounds[1]):
+            nodes.append(node)
+            continue
+        prefix = f"{node.name}_degenerate"
+        graph.initializer.append(numpy_helper.from_array(np.zeros((), bounds[0].dtype), f"{prefix}_zero"))
+        nodes.append(helper.make_node("Mul", [node.input[0], f"{prefix}_zero"], [f"{prefix}_z"], name=f"{prefix}_mul"))
+        nodes.append(helper.make_node("Add", [f"{prefix}_z", node.input[1]], [node.output[0]], name=node.name))
+        done += 1
+    if done:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
+        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    return done
