@@ -1,4 +1,5 @@
-"""pocketvlm npu-check --bundle DIR --soc SM8650[,SM8750] [--pin dim=N,...] [--image-size N] [--json OUT]"""
+"""pocketvlm npu-check --bundle DIR --soc SM8650[,SM8750] [--pin dim=N,...] [--image-size N] [--component C]
+[--json OUT]"""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="dims to pin beyond what the golden task's feeds give, e.g. 'sequence=64,past=512'")
     optional.add_argument("--image-size", type=int, default=None,
                           help="resize the golden image to this square side before recording the feeds")
+    optional.add_argument("--component", default=None,
+                          help="only these components, comma-separated (default: every component)")
     optional.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     optional.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
 
@@ -44,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.image_size is not None and args.image_size < 1:
         raise InputError(f"--image-size {args.image_size} is not a positive size", "pass e.g. --image-size 448")
     plugin()  # a missing plugin is one line naming the extra, before any work
-    report = npu_check(Path(args.bundle), socs, pins, args.image_size, Progress(args.progress))
+    only = tuple(c.strip() for c in (args.component or "").split(",") if c.strip())
+    report = npu_check(Path(args.bundle), socs, pins, args.image_size, Progress(args.progress), only)
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

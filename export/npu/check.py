@@ -134,10 +134,17 @@ def fmt_pins(pins: dict[str, int]) -> str:
 
 
 def npu_check(bundle_dir: Path | str, socs: tuple[Soc, ...], pins: dict[str, int] | None = None,
-              image_size: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              image_size: int | None = None, progress: Callable[[str], None] | None = None,
+              components: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The report of ``npu-check`` (see the module docstring); ``components`` limits it to those (default: all)."""
     say = progress or (lambda message: None)
     bundle = load_bundle(bundle_dir)
-    onnx = {name: spec for name, spec in bundle.components.items() if spec.format == "onnx"}
+    unknown = sorted(set(components) - set(bundle.components))
+    if unknown:
+        raise BundleError(f"{bundle_dir} has no component {', '.join(unknown)}",
+                          f"use one or more of {', '.join(bundle.components)}")
+    onnx = {name: spec for name, spec in bundle.components.items()
+            if spec.format == "onnx" and (not components or name in components)}
     if not onnx or bundle.manifest["target"] != "onnx":
         raise BundleError(f"{bundle_dir} is a {bundle.manifest['target']} bundle; npu-check compiles ONNX bundles",
                           "export with --target onnx (or check a --target qnn bundle's manifest: it records this)")
