@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -307,6 +308,14 @@ def web_markdown(folder: Path) -> list[str]:
     return lines
 
 
+def npu_markdown(folder: Path) -> list[str]:
+    """The NPU coverage section (``benchmarks/npu_report.py``, loaded by path: this script also runs via runpy)."""
+    spec = importlib.util.spec_from_file_location("npu_report", Path(__file__).with_name("npu_report.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.npu_markdown(folder)
+
+
 def to_html(text: str) -> str:
     """The Markdown report as a standalone HTML page (tables, headings, images and paragraphs only)."""
     body, rows = [], []
@@ -360,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     if peers:
         bar_chart(peer_groups(peers), "Decode tokens/s by engine, same run, against each one's roofline", "tokens/s",
                   args.out / "decode_peers.png")
-    text = markdown(results) + "\n".join(extra_markdown(peers, exports) + web_markdown(args.extra))
+    text = markdown(results) + "\n".join(extra_markdown(peers, exports) + web_markdown(args.extra)
+                                         + npu_markdown(args.extra))
     (args.out / "report.md").write_text(text)
     (args.out / "report.html").write_text(to_html(text))
     print(f"wrote {args.out}/report.md, report.html and plots from {len(results)} result files")

@@ -132,14 +132,56 @@ def coreml_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str]) -
     return plan
 
 
+def qnn_bundles(checkpoint: Path, cache: Path, name: str, wanted: set[str],
+                calibration_images: int = 32) -> dict[str, Path]:
+    """QNN (Qualcomm HTP, SM8650) bundles: CLIP fp16 / a16w8 / a8w8 (both towers); the captioner's vision encoder at
+    a16w8 / a8w8 with the decoder fp16. Static activations are calibrated on train-split images (and, for CLIP's text
+    tower, its zero-shot label prompts), exported when missing or stale; evaluated on the HTP emulator."""
+    import tempfile
+
+    from pocketvlm.demo.shapes.evaluate import ZERO_SHOT_LABELS
+    from pocketvlm.export.loop import export_bundles
+    from pocketvlm.export.quant.config import QuantConfig
+
+    plan = {q: cache / "bundles" / f"{name}-qnn-{q}" for q in ("fp16", "a16w8", "a8w8") if q in wanted}
+    decoder = "" if name == "shapes-clip" else ",text_decoder=fp16"
+    recipes = {q: QuantConfig.parse(q + (decoder if q != "fp16" else "")) for q in plan}
+    stale = stale_bundles(plan, recipes, checkpoint)
+    if stale:
+        with tempfile.TemporaryDirectory() as tmp:
+            images = []
+            for i, sample in enumerate(load_split("train")[:calibration_images]):
+                images.append(Path(tmp) / f"train_{i:03d}.png")
+                sample.image().save(images[-1])
+            say(f"exporting {name} QNN bundles: {', '.join(stale)} (calibrated on {len(images)} train images)")
+            export_bundles(checkpoint, [(plan[q], recipes[q]) for q in stale], target="qnn", progress=say,
+                           shapes=SHAPES, calibration_images=tuple(images),
+                           calibration_texts=tuple(f"a photo of {label}." for label in ZERO_SHOT_LABELS))
+    return plan
+
+
+def hybrid_captioner(qnn_bundle: Path, onnx_bundle: Path, threads: int) -> Any:
+    """The captioner with its vision encoder from ``qnn_bundle`` (on the HTP) and its decoder from the ONNX fp32
+    bundle (CPU): the vision side's accuracy on its own, at CPU decode speed."""
+    from pocketvlm.runtime.backends import open_session
+    from pocketvlm.runtime.manifest import load_bundle
+
+    runner = BundleCaptioner(onnx_bundle, threads)
+    runner.model.sessions["vision_encoder"] = open_session(load_bundle(qnn_bundle), "vision_encoder")
+    return runner
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 1,000)")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--models", default="shapes-clip,shapes-captioner")
     parser.add_argument("--rows", default="pytorch,fp32,int8,int4", help="which rows to evaluate")
-    parser.add_argument("--target", choices=("onnx", "tflite", "coreml"), default="onnx",
-                        help="coreml rows: fp16,int8,int4,palette4,int4-gptq")
+    parser.add_argument("--target", choices=("onnx", "tflite", "coreml", "qnn"), default="onnx",
+                        help="coreml rows: fp16,int8,int4,palette4,int4-gptq; qnn rows: fp16,a16w8,a8w8 (the "
+                        "captioner's a16w8/a8w8 rows also as vision-only rows, the decoder on CPU: --hybrid)")
+    parser.add_argument("--hybrid", action="store_true",
+                        help="qnn captioner: vision encoder from the QNN bundle, decoder from the ONNX fp32 bundle")
     parser.add_argument("--calibration-images", type=int, default=32,
                         help="tflite: train-split images whose feeds calibrate int4 GPTQ (applies when the int4 bundle "
                         "is made: move an existing one away first)")
@@ -164,6 +206,8 @@ def main() -> None:
             bundles = model_bundles(checkpoint, cache, name, say)[0]
         elif args.target == "tflite":
             bundles = tflite_bundles(checkpoint, cache, name, wanted, args.calibration_images)
+        elif args.target == "qnn":
+            bundles = qnn_bundles(checkpoint, cache, name, wanted, args.calibration_images)
         else:
             bundles = coreml_bundles(checkpoint, cache, name, wanted)
         rows = {}
@@ -185,7 +229,12 @@ def main() -> None:
                 del model
             for quant, bundle in bundles.items():
                 say(f"{name} {quant}")
-                rows[f"{args.target}-{quant}"] = {**evaluate_captioner(BundleCaptioner(bundle, args.threads),
+                runner = BundleCaptioner(bundle, args.threads)
+                if args.hybrid:
+                    runner = hybrid_captioner(bundle, model_bundles(checkpoint, cache, name, say)[0]["fp32"],
+                                              args.threads)
+                    quant = f"{quant}-vision-only"
+                rows[f"{args.target}-{quant}"] = {**evaluate_captioner(runner,
                                                                        samples, say, examples=10,
                                                                        vqa=not args.no_vqa),
                                          "manifest_sha256": manifest_sha(bundle),

@@ -28,8 +28,8 @@ if not qnn.available():
     pytest.skip("onnxruntime-qnn is not installed (pip install 'pocketvlm[npu]')", allow_module_level=True)
 
 SOCS = ("SM8650", "SM8750")
-SHAPES = {"qwen3_vl": StaticShapes(prefill_length=16, kv_capacity=128, image_size=64)}
-DEFAULT_SHAPES = StaticShapes(prefill_length=16, kv_capacity=128, image_size=56)
+SHAPES = {"qwen3_vl": StaticShapes(prefill_length=16, kv_capacity=256, image_size=64)}
+DEFAULT_SHAPES = StaticShapes(prefill_length=16, kv_capacity=256, image_size=56)
 MIN_HTP_SHARE = 0.95  # the floor for encoders; 100% is the aim and every CPU node is printed
 
 
