@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pocketvlm.export.hf_quiet import quiet_tool
 from pocketvlm.runtime.errors import QuantizationError
 
 ACTIVATIONS = {"a16w8": "QUInt16", "a8w8": "QUInt8"}
@@ -26,8 +27,6 @@ class _Reader:
 
 def quantize_qdq(source: Path, dest: Path, method: str, feeds: list[dict[str, np.ndarray]]) -> None:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize
-    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
     if not feeds:
         raise QuantizationError(f"{method} needs calibration feeds for {source.stem}",
@@ -35,12 +34,8 @@ def quantize_qdq(source: Path, dest: Path, method: str, feeds: list[dict[str, np
     names = [i.name for i in onnx.load(str(source), load_external_data=False).graph.input]
     prepared = dest.with_name(dest.stem + ".prep.onnx")
     try:
-        changed = qnn_preprocess_model(str(source), str(prepared), fuse_layernorm=True)
-        model_in = prepared if changed else source
-        config = get_qnn_qdq_config(str(model_in), _Reader(feeds, names),
-                                    activation_type=getattr(QuantType, ACTIVATIONS[method]),
-                                    weight_type=QuantType.QUInt8)
-        quantize(str(model_in), str(dest), config)
+        with quiet_tool(None, stderr=False):  # the quantizer's "consider pre-processing" lines on the root logger
+            _quantize(source, prepared, dest, method, _Reader(feeds, names))
     except QuantizationError:
         raise
     except Exception as exc:  # the quantizer raises ValueError / onnx errors / ORT errors
@@ -50,6 +45,16 @@ def quantize_qdq(source: Path, dest: Path, method: str, feeds: list[dict[str, np
     finally:
         prepared.unlink(missing_ok=True)
         prepared.with_suffix(".onnx.data").unlink(missing_ok=True)
+
+
+def _quantize(source: Path, prepared: Path, dest: Path, method: str, reader: _Reader) -> None:
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    model_in = prepared if qnn_preprocess_model(str(source), str(prepared), fuse_layernorm=True) else source
+    config = get_qnn_qdq_config(str(model_in), reader, activation_type=getattr(QuantType, ACTIVATIONS[method]),
+                                weight_type=QuantType.QUInt8)
+    quantize(str(model_in), str(dest), config)
 
 
 def record(method: str, calibration: int) -> dict[str, Any]:
