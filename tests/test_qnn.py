@@ -180,3 +180,13 @@ def test_a_qnn_bundle_runs_the_soc_asked_for(workspace, monkeypatch):
     monkeypatch.setenv(qnn.SOC_ENV, "SM8550")
     with pytest.raises(errors.BundleError, match="compiled for SM8650, SM8750, not SM8550"):
         open_session(bundle, "image_encoder")
+
+
+def test_parity_has_the_npu_section(onnx_clip, workspace, tmp_path, capsys):
+    out = tmp_path / "parity.json"
+    code = main(["parity", "--bundle", str(onnx_clip), "--model", str(workspace.checkpoint("clip")),
+                 "--soc", "SM8750", "--json", str(out)])
+    assert code == 0
+    npu = json.loads(out.read_text())["npu"]
+    assert npu["socs"] == ["SM8750"] and set(npu["components"]) == {"image_encoder", "text_encoder"}
+    assert "SM8750: as exported" in capsys.readouterr().out
