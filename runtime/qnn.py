@@ -19,8 +19,11 @@ falling back to the CPU. Needs only numpy, onnxruntime and onnxruntime-qnn.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +146,8 @@ def htp_session(path: Path, options: Any) -> Any:
     import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(str(path), sess_options=options)
+        with _backend_banner_hidden():
+            session = ort.InferenceSession(str(path), sess_options=options)
     except Exception as exc:  # ORT's Fail / InvalidGraph / RuntimeException, and the backend's compile errors
         raise NpuError(f"the QNN HTP backend cannot load {Path(path).name}: {str(exc).strip().splitlines()[0]}",
                        "run `pocketvlm npu-check` on the bundle for the backend's reasons") from exc
@@ -151,6 +155,33 @@ def htp_session(path: Path, options: Any) -> Any:
         raise NpuError(f"ONNX Runtime created no QNN session for {Path(path).name} (it fell back to CPU)",
                        "check the onnxruntime / onnxruntime-qnn versions, and run with log severity 0 for why")
     return session
+
+
+@contextlib.contextmanager
+def _backend_banner_hidden() -> Iterator[None]:
+    """The HTP backend prints a one-line banner ("# LIBNATIVE: No alternate configuration ...") on fd 1 when it first
+    loads in a process; it would land in the middle of a caption on stdout. fd 1 points at /dev/null while the first
+    session is made."""
+    if _banner_shown:
+        yield
+        return
+    _banner_shown.append(True)
+    sys.stdout.flush()
+    try:
+        saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no fd 1 to hide
+        yield
+        return
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
+_banner_shown: list[bool] = []
 
 
 @dataclass
