@@ -38,6 +38,18 @@ def synthetic_image() -> object:
     return Image.fromarray(rgb)
 
 
+def refuse_emulated(bundle: Path) -> None:
+    """A QNN bundle off a phone runs on the HTP emulator, whose timing is 100-300x a CPU's and no phone's latency."""
+    import platform
+
+    from pocketvlm.runtime.manifest import load_bundle
+
+    if load_bundle(bundle).manifest["target"] == "qnn" and platform.machine() in ("x86_64", "AMD64"):
+        raise InputError(f"{bundle} is a QNN bundle: on this {platform.machine()} machine it runs on the HTP "
+                         "emulator, whose timings are not latency", "bench it on the phone, or bench the ONNX bundle "
+                         "of the same model here (`pocketvlm npu-check` reports what the HTP compiler does with it)")
+
+
 def run(args: argparse.Namespace) -> int:
     from pocketvlm.runtime.bench import run_bench
 
@@ -46,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
                          "use --runs 1 or more, --warmup 0 or more, --new-tokens 2 or more")
     if args.json is not None and args.json.is_dir():
         raise InputError(f"--json {args.json} is a directory", "pass a file path such as result.json")
+    refuse_emulated(Path(args.bundle))
     image = args.image if args.image is not None else synthetic_image()
 
     def say(message: str) -> None:

@@ -190,3 +190,9 @@ def test_parity_has_the_npu_section(onnx_clip, workspace, tmp_path, capsys):
     npu = json.loads(out.read_text())["npu"]
     assert npu["socs"] == ["SM8750"] and set(npu["components"]) == {"image_encoder", "text_encoder"}
     assert "SM8750: as exported" in capsys.readouterr().out
+
+
+def test_bench_refuses_emulator_timings(workspace, capsys):
+    assert main(["bench", "--bundle", str(qnn_bundle(workspace, "clip")), "--runs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "HTP emulator" in err[0] and "not latency" in err[0]
