@@ -49,5 +49,6 @@ def run(args: argparse.Namespace) -> int:
         rate = t["decode_tokens"] / t["decode_s"] if t.get("decode_s") else float("nan")
         print(f"prompt {result.prompt_tokens} tokens, generated {len(result.token_ids)} ({result.stop_reason}); "
               f"image {t['image_encode_s'] * 1e3:.1f} ms, prefill {t['prefill_s'] * 1e3:.1f} ms, "
-              f"decode {rate:.1f} tokens/s", file=sys.stderr)
+              f"decode {rate:.1f} tokens/s" + (" (HTP emulator on this machine: not latency)" if any(
+                  "emulator" in session.backend for session in model.sessions.values()) else ""), file=sys.stderr)
     return 0
