@@ -67,6 +67,7 @@ def test_dual_encoder_fp16_on_the_htp_matches_pytorch(workspace, photos, family)
     for name, row in report["components"].items():
         assert row["cosine_min"] >= get_family(family).tolerances.limit("min_cosine", "fp16", "qnn", name), (name, row)
     assert report["zero_shot"]["top1_agreement"] == 1.0
+    assert set(report["htp"]) == set(bundle.components)  # the parity report's HTP section, from the manifest
     assert_passes(report)
 
 

@@ -212,3 +212,30 @@ def soc_lines(soc: str, row: dict[str, Any], reference: str) -> list[str]:
         lines.append(f"  emulated KV entries ({len(cache)} tensors) vs {reference}: worst cosine "
                      f"{cache[worst]['cosine']:.6f} ({worst}), max abs {max(v['max_abs'] for v in cache.values()):.3e}")
     return lines
+
+
+def htp_section(bundle: Any) -> dict[str, Any]:
+    """The parity report's ``htp`` block for a QNN bundle (what its manifest recorded at compile time, per component,
+    entry and SoC); nothing for other targets."""
+    found: dict[str, Any] = {}
+    for name, record in bundle.manifest["components"].items():
+        if record.get("format") != "qnn_context":
+            continue
+        for soc, context in record["qnn"]["contexts"].items():
+            for entry, row in context["entries"].items():
+                found.setdefault(name, {})[f"{entry}@{soc}"] = {
+                    k: row[k] for k in ("htp_nodes", "total_nodes", "partitions", "cpu_ops", "binary_bytes",
+                                        "compile_seconds")}
+    return {"htp": found} if found else {}
+
+
+def format_htp(section: dict[str, Any]) -> str:
+    lines = []
+    for name, entries in section.items():
+        for key, row in entries.items():
+            entry, soc = key.split("@")
+            label = name if entry == name else f"{name}/{entry}"
+            ops = ", ".join(f"{o['op']} x{o['nodes']} ({o['reason']})" for o in row["cpu_ops"]) or "nothing"
+            lines.append(f"{label} HTP {soc}: {row['htp_nodes']}/{row['total_nodes']} nodes in {row['partitions']} "
+                         f"partition(s), context {row['binary_bytes'] / 1e6:.2f} MB; on CPU: {ops}")
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ import numpy as np
 from pocketvlm.export.checkpoint import read_checkpoint
 from pocketvlm.export.families.loading import image_processor
 from pocketvlm.export.hf_quiet import quiet_transformers
+from pocketvlm.export.npu.check import format_htp, htp_section
 from pocketvlm.export.registry import get_family
 from pocketvlm.export.targets.coreml.check import format_risks, load_runner, risk_section
 from pocketvlm.export.targets.tflite.delegates import delegate_section, format_coverage
@@ -144,7 +145,7 @@ def _dual_encoder_parity(bundle_dir: Path | str, model_dir: Path | str, labels: 
         "zero_shot": {"top1_agreement": agreement, "reference_top1": [labels[i] for i in ref_top1],
                       "bundle_top1": [labels[i] for i in end_to_end]},
         "bundle_bytes": runner.bundle.total_bytes,
-        **delegate_section(runner.bundle),
+        **delegate_section(runner.bundle), **htp_section(runner.bundle),
         **risk_section(runner.bundle),
         **verdict(checks),
     }
@@ -169,4 +170,6 @@ def finish_table(lines: list[str], report: dict[str, Any]) -> str:
         lines.append(format_coverage(report["delegates"]))
     if "neural_engine" in report:
         lines.append(format_risks(report["neural_engine"]))
+    if "htp" in report:
+        lines.append(format_htp(report["htp"]))
     return "\n".join(lines + format_checks(report))

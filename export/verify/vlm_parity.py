@@ -24,6 +24,7 @@ import numpy as np
 
 from pocketvlm.export.checkpoint import read_checkpoint
 from pocketvlm.export.hf_quiet import quiet_transformers
+from pocketvlm.export.npu.check import htp_section
 from pocketvlm.export.registry import get_family
 from pocketvlm.export.spec import FamilySpec, Tolerances
 from pocketvlm.export.targets.coreml.check import load_runner, risk_section
@@ -148,7 +149,7 @@ def _vlm_parity(bundle_dir: Path, model_dir: Path, photos: dict[str, Any] | None
     rows = [_photo_row(runner, family, model, name, image, prompt, steps) for name, image in photos.items()]
     return {"bundle": str(bundle_dir), "model": str(model_dir), "family": family.name, "target": target,
             "quantization": method, "prompt": prompt, "steps": steps, "photos": rows,
-            "bundle_bytes": runner.bundle.total_bytes, **delegate_section(runner.bundle),
+            "bundle_bytes": runner.bundle.total_bytes, **delegate_section(runner.bundle), **htp_section(runner.bundle),
             **risk_section(runner.bundle), **verdict(vlm_checks(rows, family.tolerances, method, target))}
 
 
