@@ -90,7 +90,9 @@ def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str,
         if name not in got or not name or want.dtype.kind != "f":
             continue
         a, b = np.asarray(got[name], np.float64).ravel(), np.asarray(want, np.float64).ravel()
-        cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+        norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+        both_zero = not np.abs(a).max(initial=0) and not np.abs(b).max(initial=0)
+        cosine = 1.0 if both_zero else float(a @ b / (norms + 1e-30))
         row = {"max_abs": float(np.abs(a - b).max()), "reference_max_abs": float(np.abs(b).max()),
                "cosine": cosine}
         if name == "logits":

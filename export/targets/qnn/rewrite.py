@@ -96,3 +96,42 @@ def degenerate_clips(path: Path) -> int:
         path.with_name(path.name + ".data").unlink(missing_ok=True)
         onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
     return done
+
+
+def rmsnorm_over_rank3(path: Path) -> int:
+    """``SimplifiedLayerNormalization`` (RMSNorm) of a rank-4 tensor over its last axis (Qwen3's per-head q_norm /
+    k_norm) as the same op on a rank-3 view: on the emulated HTP the rank-4 form compiled, ran, and returned wrong
+    values (cosine 0.77 against CPU on a tiny Qwen3-VL), while the rank-3 form (every hidden-state norm) is right."""
+    import onnx
+    from onnx import helper, numpy_helper, shape_inference
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inferred = shape_inference.infer_shapes(model)
+    infos = {v.name: v.type.tensor_type for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    nodes, done = [], 0
+    for node in graph.node:
+        info = infos.get(node.input[0]) if node.op_type == "SimplifiedLayerNormalization" else None
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in info.shape.dim] if info else []
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        if len(shape) != 4 or None in shape or axis not in (-1, 3):
+            nodes.append(node)
+            continue
+        prefix = f"{node.name}_rank3"
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([1, int(np.prod(shape[:-1])), shape[-1]], np.int64), f"{prefix}_in"),
+            numpy_helper.from_array(np.array(shape, np.int64), f"{prefix}_out")])
+        nodes.append(helper.make_node("Reshape", [node.input[0], f"{prefix}_in"], [f"{prefix}_x"], name=f"{prefix}_a"))
+        norm = helper.make_node("SimplifiedLayerNormalization", [f"{prefix}_x", *node.input[1:]], [f"{prefix}_y"],
+                                name=node.name, domain=node.domain)
+        norm.attribute.extend(node.attribute)
+        nodes.append(norm)
+        nodes.append(helper.make_node("Reshape", [f"{prefix}_y", f"{prefix}_out"], [node.output[0]],
+                                      name=f"{prefix}_b"))
+        done += 1
+    if done:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
+        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    return done

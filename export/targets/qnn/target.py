@@ -25,7 +25,7 @@ from pocketvlm.export.targets.base import Capabilities, ExportContext, ExportOpt
 from pocketvlm.export.targets.onnx.convert import export_component
 from pocketvlm.export.targets.qnn.calibration import calibration_feeds
 from pocketvlm.export.targets.qnn.qdq import quantize_qdq, record
-from pocketvlm.export.targets.qnn.rewrite import degenerate_clips, gathernd_to_gather
+from pocketvlm.export.targets.qnn.rewrite import degenerate_clips, gathernd_to_gather, rmsnorm_over_rank3
 from pocketvlm.runtime.errors import ExportError, QuantizationError
 from pocketvlm.runtime.manifest import sha256_file
 from pocketvlm.runtime.qnn import parse_socs, versions
@@ -59,6 +59,7 @@ class QnnTarget:
             export_component(ctx.model, component, graph, feeds)
             gathernd_to_gather(graph)  # mask index grids: the HTP refuses GatherND
             degenerate_clips(graph)  # clamp(0, 0) over one image row: the HTP's ReluMinMax refuses it
+            rmsnorm_over_rank3(graph)  # per-head RMSNorm: the HTP computes the rank-4 form wrongly
 
     def calibrate(self, ctx: ExportContext, component: ComponentDef, feeds: Any) -> Any:
         return feeds
@@ -99,6 +100,8 @@ class QnnTarget:
                        "error_vs_fp32_cpu": compare(result.outputs, cpu_run(source, feeds))}
                 if graph != source:
                     row["error_vs_qdq_cpu"] = compare(result.outputs, cpu_run(graph, feeds))
+                check_emulated(ctx, component.name, entry, soc.name, spec.method,
+                               row["error_vs_qdq_cpu" if graph != source else "error_vs_fp32_cpu"])
                 contexts.setdefault(soc.name, {"soc_model": soc.model, "htp_arch": soc.arch,
                                                "entries": {}})["entries"][entry] = row
         return {"contexts": contexts, "calibration": len(calibration)}
@@ -129,6 +132,22 @@ class QnnTarget:
                 "inputs": [t.to_json() for t in inputs], "outputs": [t.to_json() for t in outputs],
                 "quantization": record(spec.method, done["calibration"]), "static": static,
                 "qnn": {**versions(), "contexts": done["contexts"]}}
+
+
+def check_emulated(ctx: ExportContext, component: str, entry: str, soc: str, method: str,
+                   errors: dict[str, dict[str, float]]) -> None:
+    """Refuse a context whose emulated outputs disagree with the same graph on CPU (the registry's
+    ``htp_min_cosine``): the HTP backend would run it on the phone without an error and give other numbers."""
+    floor = ctx.family.tolerances.limit("htp_min_cosine", method, "qnn")
+    if floor is None:
+        return
+    bad = {name: err["cosine"] for name, err in errors.items() if err["cosine"] < floor}
+    if bad:
+        worst = min(bad, key=bad.__getitem__)
+        raise ExportError(f"the emulated HTP computes {component} ({entry}) for {soc} differently from the CPU: "
+                          f"{worst} cosine {bad[worst]:.4f} < {floor} ({len(bad)} output(s) below), with no error "
+                          "from the backend", "report the model config; try --quant fp16 or another --soc, and "
+                          "`pocketvlm npu-check` on an ONNX export for the placement")
 
 
 def stem(component: str, entry: str) -> str:
