@@ -5,6 +5,7 @@ export interrupted at any point leaves nothing that loads as a bundle and never 
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketvlm.export.checkpoint import Checkpoint
-from pocketvlm.export.families.vision_split import vision_width
+from pocketvlm.export.families.vision_split import HIDDEN, component_def
 from pocketvlm.export.quant.config import QuantConfig
 from pocketvlm.export.spec import FamilySpec
 from pocketvlm.runtime.errors import ExportError
@@ -29,6 +30,7 @@ TOOLS = ("pocketvlm", "torch", "transformers", "onnx", "onnxscript", "onnxruntim
          "ai-edge-quantizer", "ai-edge-litert", "coremltools")
 
 Progress = Callable[[str], None]
+DTYPE_BYTES = (("float32", 4), ("float16", 2), ("int8", 1))
 
 
 def peak_rss_gb() -> float:
@@ -60,21 +62,30 @@ def check_destination(out_dir: Path, model_dir: Path) -> None:
                           "choose a new or empty directory (an existing bundle there is replaced)")
 
 
-def split_report(config: Any, metadata: dict[str, Any]) -> dict[str, Any]:
-    """What crosses the ViT -> Transformer boundary: its tensor, and bytes per image at each dtype."""
-    width = vision_width(config)
-    image = metadata["preprocessing"]["image"]
-    patch = image["patch_size"]
+def split_report(family: FamilySpec, config: Any, metadata: dict[str, Any]) -> dict[str, Any]:
+    """What crosses the family's vision split point: the boundary, the interface tensor (class token and mask
+    stated), and its bytes per image at each dtype for the family's real image sizes."""
+    point = family.vision_split
+    if point is None:
+        raise ExportError(f"family {family.name} has no vision split point", "export without --split-vision")
+    shape = list(point.hidden_shape(config))
+    width = int(shape[-1])
     examples = {}
-    for side in (224, 448, 896):
-        patches = (side // patch) ** 2
-        examples[f"{side}x{side}"] = {"patches": patches,
-                                      **{dtype: patches * width * size for dtype, size in
-                                         (("float32", 4), ("float16", 2), ("int8", 1))}}
-    return {"boundary": "vision_frontend -> vision_transformer",
-            "interface": {"name": "vision_hidden", "shape": ["patches", width], "dtype": "float32",
-                          "mask": None, "note": "one image per call; patches in merge-block order"},
-            "bytes_per_patch": {"float32": 4 * width, "float16": 2 * width, "int8": width},
+    for example, sizes in point.sizes(config, metadata).items():
+        concrete = [sizes[d] if isinstance(d, str) else int(d) for d in shape]
+        images = math.prod(concrete[:-2]) if len(concrete) > 2 else 1  # images (or tiles) in this example
+        rows = math.prod(concrete[:-1])
+        examples[example] = {"shape": concrete, "patches": rows - images * int(point.class_token),
+                             "class_tokens": images * int(point.class_token),
+                             **{dtype: rows * width * size for dtype, size in DTYPE_BYTES}}
+    frontend, transformer = point.stages
+    crossing = [t.name for t in component_def(family, transformer).signature(config)[0]]
+    return {"boundary": f"{frontend} -> {transformer}", "component": point.component,
+            "stages": {frontend: point.holds[0], transformer: point.holds[1]},
+            "interface": {"name": HIDDEN, "shape": shape, "dtype": "float32",
+                          "class_token": point.class_token, "mask": point.mask, "mask_crosses": point.mask is not None,
+                          "transformer_inputs": crossing, "layout": point.layout},
+            "bytes_per_patch": {dtype: size * width for dtype, size in DTYPE_BYTES},
             "bytes_per_image": examples}
 
 
@@ -133,7 +144,8 @@ def build_manifest(checkpoint: Checkpoint, family: FamilySpec, quant: QuantConfi
         },
         "quantization": quant.to_json(),
         **extra,
-        **({"vision_split": split_report(config, extra)} if "vision_frontend" in records else {}),
+        **({"vision_split": split_report(family, config, extra)}
+           if family.vision_split and family.vision_split.stages[0] in records else {}),
         "components": records,
         "files": [{"path": p.relative_to(staging).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size}
                   for p in files],

@@ -8,6 +8,9 @@ Phone delegates (GPU, NNAPI/NPU, the Neural Engine) want static shapes, so every
 - Qwen-family vision encoders: every image is resized to one ``image_size`` square grid (recorded in the manifest's
   preprocessing as ``fixed_size``); the example feeds come from the runtime's own preprocessing of such an image, so
   the grid-dependent inputs (positions, windows, interpolation taps) are exactly the ones the runtime will feed.
+- split vision stages (``--split-vision``): each stage's feeds follow from the whole component's (the frontend takes
+  its share of them, the transformer ``vision_hidden`` at the shape they imply plus the rest), at batch / tile 1
+  where the runtime loops.
 - ``text_decoder``: ``prefill_N`` and ``decode`` signatures sharing one set of weights, with a KV cache of
   ``kv_capacity`` slots.
 """
@@ -119,10 +122,13 @@ def vision_examples(component: ComponentDef, config: Any, metadata: dict[str, An
     adapter = ADAPTERS[image_config["kind"]](image_config, metadata["special_tokens"])
     side = image_config.get("fixed_size", [image_config.get("tile_size", 224)] * 2)
     feeds = adapter.vision_feeds(adapter.preprocess(Image.new("RGB", (side[1], side[0]), (128, 128, 128))))
+    whole = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
+    if component.stage_feeds is not None:  # a split stage: its feeds follow from the whole component's
+        whole = component.stage_feeds(config, whole)
     in_defs, _ = component.signature(config)
     example = {}
     for tensor in in_defs:
-        value = torch.from_numpy(np.ascontiguousarray(feeds[tensor.name]))
+        value = whole[tensor.name]
         example[tensor.name] = value[:1] if tensor.shape and tensor.shape[0] in LOOP_DIMS else value
     return {component.name: example}
 

@@ -1,4 +1,5 @@
-"""Embeddings and zero-shot classification over a CLIP-style bundle (``image_encoder`` + ``text_encoder``)."""
+"""Embeddings and zero-shot classification over a CLIP-style bundle (``image_encoder`` + ``text_encoder``; a split
+bundle's ``image_frontend`` + ``image_transformer`` run chained as its ``image_encoder``)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,33 @@ class Prediction:
     score: float
 
 
+SPLIT_STAGES = ("image_frontend", "image_transformer")
+
+
+class StagedSession:
+    """A split image tower's two stages as one ``image_encoder`` session: the frontend's ``vision_hidden`` goes to
+    the transformer beside the caller's other feeds, so everything that runs the image tower (embeddings, the golden
+    record, benchmarks) runs a split bundle unchanged. ``stages`` holds each stage's own session."""
+
+    owns_kv_cache = False
+
+    def __init__(self, frontend: Session, transformer: Session) -> None:
+        self.stages = dict(zip(SPLIT_STAGES, (frontend, transformer), strict=True))
+        self.input_names = frontend.input_names
+        self.output_names = transformer.output_names
+        backends = dict.fromkeys((frontend.backend, transformer.backend))
+        self.backend = (frontend.backend if len(backends) == 1 else
+                        f"{frontend.backend} ({SPLIT_STAGES[0]}) + {transformer.backend} ({SPLIT_STAGES[1]})")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        frontend, transformer = self.stages.values()
+        hidden = frontend.run(feeds)["vision_hidden"]
+        return transformer.run({**feeds, "vision_hidden": hidden})
+
+    def reset(self) -> None:
+        """Nothing to forget: encoders keep no state."""
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norm, 1e-12)
@@ -62,11 +90,15 @@ class DualEncoder:
     @classmethod
     def load(cls, path: Path | str | Bundle, providers: list[str] | None = None, threads: int = 0,
              max_pixels: int = DEFAULT_MAX_PIXELS, predictor: PredictorFactory | None = None) -> DualEncoder:
-        """``predictor`` runs Core ML packages (default: Core ML itself on macOS; see ``backends.open_session``)."""
+        """``predictor`` runs Core ML packages (default: Core ML itself on macOS; see ``backends.open_session``).
+        A split bundle's stages each get their own session, chained as ``sessions["image_encoder"]``."""
         bundle = path if isinstance(path, Bundle) else load_bundle(path)
-        sessions = {name: open_session(bundle, name, providers, threads, predictor)
-                    for name in ("image_encoder", "text_encoder")}
-        return cls(bundle, sessions, max_pixels=max_pixels)
+        split = SPLIT_STAGES[0] in bundle.components
+        opened = {name: open_session(bundle, name, providers, threads, predictor)  # a missing one: BundleError
+                  for name in (*(SPLIT_STAGES if split else ("image_encoder",)), "text_encoder")}
+        if split:
+            opened["image_encoder"] = StagedSession(*(opened.pop(name) for name in SPLIT_STAGES))
+        return cls(bundle, opened, max_pixels=max_pixels)
 
     def pixel_values(self, images: Sequence[ImageInput]) -> np.ndarray:
         return self.preprocess.batch([load_image(image, self.max_pixels) for image in images])

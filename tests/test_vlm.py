@@ -12,7 +12,7 @@ from pocketvlm.runtime import errors
 from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.manifest import load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
-from tests.cases import SPLIT_FAMILIES, VLM_FAMILIES
+from tests.cases import DYNAMIC_RESOLUTION_FAMILIES, SPLIT_VLM_FAMILIES, VLM_FAMILIES
 
 
 def assert_passes(report):
@@ -147,8 +147,11 @@ def test_caption_and_ask_cli(workspace, photos, tmp_path, capsys):
     assert "not a VLM" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("family", SPLIT_FAMILIES)
+@pytest.mark.parametrize("family", SPLIT_VLM_FAMILIES)
 def test_split_vision_stages_chain_to_the_unsplit_encoder(workspace, photos, tmp_path, family):
+    """A split bundle through the export loop: the runtime chains its stages to the unsplit bundle's vision
+    outputs, generates its tokens, and the manifest says what crosses (every family and target:
+    tests/test_vision_split.py)."""
     from pocketvlm.export.loop import export_bundle
 
     split = VisionLanguageModel.load(export_bundle(workspace.checkpoint(family, "varied"), tmp_path / "split",
@@ -157,24 +160,19 @@ def test_split_vision_stages_chain_to_the_unsplit_encoder(workspace, photos, tmp
     assert {"vision_frontend", "vision_transformer"} <= set(split.sessions) and "vision_encoder" not in split.sessions
     report = split.bundle.manifest["vision_split"]
     assert report["interface"]["name"] == "vision_hidden"
-    assert report["bytes_per_image"]["448x448"]["float16"] * 2 == report["bytes_per_image"]["448x448"]["float32"]
+    for example in report["bytes_per_image"].values():
+        assert example["float16"] == int(np.prod(example["shape"])) * 2 == example["float32"] // 2
+    limit = get_family(family).tolerances.split_chain_max_abs
     for image in two_sizes(photos).values():
         _, processed = split.prepare(image, "hi")
         got, ref = split.encode_image(processed), whole.encode_image(processed)
         assert got.keys() == ref.keys()
         for name in ref:
-            assert np.abs(got[name] - ref[name]).max() <= 1e-5
+            assert np.abs(got[name] - ref[name]).max() <= limit
     tokens = split.generate(photos["coffee"].resize((150, 100)), "What is in the image?",
                             GenerationConfig(max_new_tokens=8)).token_ids
     assert tokens == whole.generate(photos["coffee"].resize((150, 100)), "What is in the image?",
                                     GenerationConfig(max_new_tokens=8)).token_ids
-
-
-def test_split_vision_refused_where_a_family_has_no_split_point(workspace, tmp_path):
-    from pocketvlm.export.loop import export_bundle
-
-    with pytest.raises(errors.UnsupportedModelError, match="no vision split point"):
-        export_bundle(workspace.checkpoint("idefics3", "varied"), tmp_path / "b", split_vision=True)
 
 
 def test_idefics3_prompt_and_pixels_match_the_hf_processor(workspace, photos):
@@ -196,7 +194,7 @@ def test_idefics3_prompt_and_pixels_match_the_hf_processor(workspace, photos):
         assert np.abs(ref["pixel_values"][0] - processed.pixel_values).max() <= 1e-5
 
 
-@pytest.mark.parametrize("family", SPLIT_FAMILIES)
+@pytest.mark.parametrize("family", DYNAMIC_RESOLUTION_FAMILIES)
 def test_qwen_prompt_and_pixels_match_the_hf_image_processor(workspace, photos, family):
     from transformers import AutoImageProcessor, AutoTokenizer
 

@@ -11,6 +11,7 @@ import torch
 
 from pocketvlm.export.families import dual_encoder as common
 from pocketvlm.export.families.loading import hf_loaders
+from pocketvlm.export.families.vision_split import Passthrough
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul, swapped
 
 
@@ -26,6 +27,43 @@ class ImageEncoder(torch.nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with swapped(self.vision_model.embeddings, "patch_embedding", self.patch_embedding):
             pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        return common.project_rows(self.visual_projection, pooled)
+
+
+# the split point (--split-vision): the transformer starts exactly at encoder layer 0, after the pre-layernorm
+CLASS_TOKEN = True
+SPLIT_HOLDS = ("patch embedding + class token (row 0) + position embedding + pre-layernorm",
+               "encoder layers + post-layernorm of the class token + visual projection")
+
+
+class ImageFrontend(torch.nn.Module):
+    """pixel_values -> vision_hidden [batch, 1 + patches, width]: everything before the first encoder layer."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.embeddings = model.vision_model.embeddings
+        self.pre_layrnorm = model.vision_model.pre_layrnorm
+        self.patch_embedding = PatchEmbeddingAsMatMul(model.vision_model.embeddings.patch_embedding)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with swapped(self.embeddings, "patch_embedding", self.patch_embedding):
+            return self.pre_layrnorm(self.embeddings(pixel_values))
+
+
+class ImageTransformer(torch.nn.Module):
+    """vision_hidden -> image_embeds: HF's own vision forward with the frontend's modules passed through, then the
+    projection, as ``ImageEncoder`` does."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.vision_model = model.vision_model
+        self.visual_projection = model.visual_projection
+        self.passthrough = Passthrough()
+
+    def forward(self, vision_hidden: torch.Tensor) -> torch.Tensor:
+        vision = self.vision_model
+        with swapped(vision, "embeddings", self.passthrough), swapped(vision, "pre_layrnorm", self.passthrough):
+            pooled = vision(pixel_values=vision_hidden).pooler_output
         return common.project_rows(self.visual_projection, pooled)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from pocketvlm.export.families.loading import field, image_processor, resample_name
-from pocketvlm.export.spec import ComponentDef, FamilySpec, TensorDef, Tolerances
+from pocketvlm.export.spec import ComponentDef, FamilySpec, TensorDef, Tolerances, VisionSplit
 from pocketvlm.export.tokenizer import load_hf_tokenizer, write_tokenizer
 from pocketvlm.runtime.image import ImagePreprocess
 from pocketvlm.runtime.text import TextConfig
@@ -119,8 +119,29 @@ TOLERANCES = Tolerances(
 )
 
 
+def image_split(module: ModuleType) -> VisionSplit:
+    """The split of ``image_encoder`` into ``image_frontend`` -> ``vision_hidden`` [batch, tokens, width] ->
+    ``image_transformer``: tokens are the patches, after a class token where the family has one (``CLASS_TOKEN``)."""
+
+    def hidden_shape(config: Any) -> tuple[int | str, ...]:
+        vc = config.vision_config
+        return ("batch", (vc.image_size // vc.patch_size) ** 2 + int(module.CLASS_TOKEN), int(vc.hidden_size))
+
+    def sizes(config: Any, metadata: dict[str, Any]) -> dict[str, dict[str, int]]:
+        size = config.vision_config.image_size  # the towers take one fixed input size
+        return {f"{size}x{size}": {"batch": 1}}
+
+    return VisionSplit(component="image_encoder", stages=("image_frontend", "image_transformer"),
+                       frontend=module.ImageFrontend, transformer=module.ImageTransformer, hidden_shape=hidden_shape,
+                       sizes=sizes, holds=module.SPLIT_HOLDS, class_token=module.CLASS_TOKEN,
+                       layout=("one row per image: " + ("the class token, then " if module.CLASS_TOKEN else "")
+                               + "the patches in row-major order; no mask: every patch of the fixed-size input is "
+                                 "valid"))
+
+
 def dual_encoder_spec(module: ModuleType, name: str, text_with_mask: bool) -> FamilySpec:
-    """A dual-encoder family module's spec, from its fixed interface: ``ImageEncoder``, ``TextEncoder``, ``eos_id``,
+    """A dual-encoder family module's spec, from its fixed interface: ``ImageEncoder``, ``ImageFrontend`` and
+    ``ImageTransformer`` (its split stages, with ``CLASS_TOKEN`` and ``SPLIT_HOLDS``), ``TextEncoder``, ``eos_id``,
     ``load_model``, ``tiny_config``, ``from_config``, ``bundle_metadata`` and ``default_processor``."""
     return FamilySpec(
         name=name,
@@ -137,4 +158,5 @@ def dual_encoder_spec(module: ModuleType, name: str, text_with_mask: bool) -> Fa
         bundle_metadata=module.bundle_metadata,
         default_processor=module.default_processor,
         tolerances=TOLERANCES,
+        vision_split=image_split(module),
     )

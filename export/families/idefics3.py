@@ -13,8 +13,9 @@ import torch
 from pocketvlm.export.families import decoder, vlm_common
 from pocketvlm.export.families.loading import field, hf_loaders, image_processor, normalization
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul
-from pocketvlm.export.spec import ComponentDef, TensorDef
+from pocketvlm.export.spec import ComponentDef, TensorDef, VisionSplit
 from pocketvlm.runtime.errors import ModelDirError
+from pocketvlm.runtime.idefics3 import MAX_IMAGE_SIZE
 
 ROW_COL_TOKENS = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
 
@@ -28,24 +29,47 @@ def full_tile_position_ids(per_side: int) -> torch.Tensor:
     return (bucket[:, None] * per_side + bucket[None, :]).reshape(-1)
 
 
-class VisionEncoder(torch.nn.Module):
-    """pixel_values [tiles, 3, tile, tile] -> image_embeds [tiles * image_seq_len, text hidden]."""
+class VisionFrontend(torch.nn.Module):
+    """pixel_values [tiles, 3, tile, tile] -> vision_hidden [tiles, patches, width]: patch embedding + position
+    embedding, everything before the first encoder layer."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
-        vision = model.model.vision_model
-        self.embeddings, self.encoder, self.post_layernorm = vision.embeddings, vision.encoder, vision.post_layernorm
-        self.connector = model.model.connector
-        self.patch_embedding = PatchEmbeddingAsMatMul(vision.embeddings.patch_embedding)
-        self.register_buffer("position_ids", full_tile_position_ids(vision.embeddings.num_patches_per_side),
+        self.embeddings = model.model.vision_model.embeddings
+        self.patch_embedding = PatchEmbeddingAsMatMul(self.embeddings.patch_embedding)
+        self.register_buffer("position_ids", full_tile_position_ids(self.embeddings.num_patches_per_side),
                              persistent=False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
-        hidden = patches + self.embeddings.position_embedding(self.position_ids)[None]
-        hidden = self.post_layernorm(self.encoder(inputs_embeds=hidden, attention_mask=None).last_hidden_state)
+        return patches + self.embeddings.position_embedding(self.position_ids)[None]
+
+
+class VisionTransformer(torch.nn.Module):
+    """vision_hidden [tiles, patches, width] -> image_embeds [tiles * image_seq_len, text hidden]: encoder layers,
+    post-layernorm, pixel-shuffle connector. Full tiles only, so no patch mask (every patch is valid)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        vision = model.model.vision_model
+        self.encoder, self.post_layernorm, self.connector = vision.encoder, vision.post_layernorm, model.model.connector
+
+    def forward(self, vision_hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.post_layernorm(self.encoder(inputs_embeds=vision_hidden, attention_mask=None).last_hidden_state)
         embeds = self.connector(hidden)
         return embeds.reshape(-1, embeds.shape[-1])
+
+
+class VisionEncoder(torch.nn.Module):
+    """pixel_values [tiles, 3, tile, tile] -> image_embeds [tiles * image_seq_len, text hidden]: the two split
+    stages in one graph."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.frontend, self.transformer = VisionFrontend(model), VisionTransformer(model)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.transformer(self.frontend(pixel_values))
 
 
 def vision_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]:
@@ -57,6 +81,30 @@ def vision_signature(config: Any) -> tuple[tuple[TensorDef, ...], tuple[TensorDe
 def vision_example(config: Any) -> dict[str, torch.Tensor]:
     size = config.vision_config.image_size
     return {"pixel_values": torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))}
+
+
+def vision_hidden_shape(config: Any) -> tuple[int | str, ...]:
+    vc = config.vision_config
+    return ("tiles", (vc.image_size // vc.patch_size) ** 2, int(vc.hidden_size))
+
+
+def split_sizes(config: Any, metadata: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """One tile, and the most tiles one image becomes: the crops of an image resized to the longest edge (a multiple
+    of the tile after rounding up) plus the global image."""
+    image = metadata["preprocessing"]["image"]
+    longest = min(int(image["longest_edge"]), MAX_IMAGE_SIZE)
+    per_side = -(-longest // int(image["tile_size"])) if image["split"] else 0
+    return {"per_tile": {"tiles": 1}, "max_tiles": {"tiles": per_side**2 + 1 if per_side > 1 else 1}}
+
+
+SPLIT = VisionSplit(
+    component="vision_encoder", stages=("vision_frontend", "vision_transformer"),
+    frontend=VisionFrontend, transformer=VisionTransformer, hidden_shape=vision_hidden_shape, sizes=split_sizes,
+    holds=("patch embedding + position embedding (full-tile position ids)",
+           "encoder layers + post-layernorm + pixel-shuffle connector"),
+    layout="one row of vision_hidden per tile, its patches in row-major order; no patch_attention_mask crosses: the "
+           "runtime feeds full tiles only (every patch valid), so the unsplit encoder takes no mask either",
+)
 
 
 def text_decoder(model: Any) -> torch.nn.Module:
@@ -124,5 +172,5 @@ SPEC = vlm_common.vlm_spec(
     ComponentDef("vision_encoder", VisionEncoder, vision_signature, vision_example,
                  lambda config: {"tiles": (1, 64), "image_tokens": (1, 1 << 16)}),
     vlm_common.text_decoder_component(text_decoder, mrope=False),
-    split_vision=False,
+    split_vision=SPLIT,
 )

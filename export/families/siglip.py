@@ -11,6 +11,7 @@ import torch
 
 from pocketvlm.export.families import dual_encoder as common
 from pocketvlm.export.families.loading import hf_loaders
+from pocketvlm.export.families.vision_split import Passthrough
 from pocketvlm.export.rewrites import PatchEmbeddingAsMatMul, swapped
 
 
@@ -25,6 +26,38 @@ class ImageEncoder(torch.nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with swapped(self.vision_model.embeddings, "patch_embedding", self.patch_embedding):
             return self.vision_model(pixel_values=pixel_values).pooler_output
+
+
+# the split point (--split-vision): SigLIP has no class token and no pre-layernorm
+CLASS_TOKEN = False
+SPLIT_HOLDS = ("patch embedding + position embedding",
+               "encoder layers + post-layernorm + multihead-attention pooling head")
+
+
+class ImageFrontend(torch.nn.Module):
+    """pixel_values -> vision_hidden [batch, patches, width]: everything before the first encoder layer."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.embeddings = model.vision_model.embeddings
+        self.patch_embedding = PatchEmbeddingAsMatMul(model.vision_model.embeddings.patch_embedding)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with swapped(self.embeddings, "patch_embedding", self.patch_embedding):
+            return self.embeddings(pixel_values)
+
+
+class ImageTransformer(torch.nn.Module):
+    """vision_hidden -> image_embeds: HF's own vision forward with the embeddings passed through."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.vision_model = model.vision_model
+        self.passthrough = Passthrough()
+
+    def forward(self, vision_hidden: torch.Tensor) -> torch.Tensor:
+        with swapped(self.vision_model, "embeddings", self.passthrough):
+            return self.vision_model(pixel_values=vision_hidden).pooler_output
 
 
 class TextEncoder(torch.nn.Module):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pocketvlm.export.families.vision_split import component_def
 from pocketvlm.export.hf_quiet import quiet_transformers
 from pocketvlm.export.quant.config import QuantSpec
 from pocketvlm.export.registry import get_family
@@ -40,7 +41,7 @@ def _convert_in_child(job: Path) -> int:
         family = get_family(spec["family"])
         with quiet_transformers():
             model = family.load_model(Path(spec["checkpoint"]))
-        comp = next(c for c in family.components if c.name == spec["component"])
+        comp = component_def(family, spec["component"])  # a split stage (--split-vision) too
         if spec.get("decoder"):
             convert_decoder(model, comp, Path(spec["path"]), spec["decoder"]["prefill_length"],
                             spec["decoder"]["capacity"], spec["deployment_target"])
