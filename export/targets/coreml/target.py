@@ -34,7 +34,7 @@ class CoreMLTarget:
         "int4": {"block_size": None, "gptq": None, **EDGES},
         "palette4": dict(EDGES),
     }
-    calibrates_on_model, splits_vision = True, False
+    calibrates_on_model, splits_vision = True, True
 
     def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
         target = options.deployment_target

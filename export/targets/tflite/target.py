@@ -22,7 +22,7 @@ class TFLiteTarget:
         "int8": {},
         "int4": {"block_size": BLOCK_SIZES, "gptq": None, "first_layer_bits": None, "last_layer_bits": None},
     }
-    calibrates_on_model, splits_vision = False, False
+    calibrates_on_model, splits_vision = False, True
 
     def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
         return None
