@@ -197,3 +197,40 @@ def test_bench_refuses_emulator_timings(workspace, capsys):
     assert main(["bench", "--bundle", str(qnn_bundle(workspace, "clip")), "--runs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "HTP emulator" in err[0] and "not latency" in err[0]
+
+
+@pytest.mark.parametrize("family", ["clip", "qwen2_vl"])
+def test_split_vision_stages_each_on_the_htp_chain_to_the_unsplit_encoder(workspace, photos, family):
+    """--split-vision on --target qnn: each stage compiles on its own (a user may put the frontend on CPU/GPU and
+    the transformer on the HTP), and the chained stages give the unsplit encoder's output."""
+    from pocketvlm.runtime.dual_encoder import DualEncoder
+    from pocketvlm.runtime.vlm import VisionLanguageModel
+
+    size = "tiny" if family == "clip" else "fp16"
+    whole, split = (workspace.bundle(family, "fp16", size, target="qnn", socs=SOCS, split_vision=s,
+                                     shapes=SHAPES.get(family, DEFAULT_SHAPES)) for s in (False, True))
+    records = load_bundle(split).manifest["components"]
+    stages = get_family(family).vision_split.stages
+    assert set(stages) <= set(records)
+    for stage in stages:
+        check_contexts(records[stage], stage, MIN_HTP_SHARE)
+    image = photos["camera"]
+    if family == "clip":
+        got, want = (DualEncoder.load(b).image_features([image]) for b in (split, whole))
+    else:
+        models = [VisionLanguageModel.load(b) for b in (split, whole)]
+        got, want = (m.encode_image(m.prepare(image, "hi")[1])["image_embeds"] for m in models)
+    cosine = float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want)))
+    assert cosine >= get_family(family).tolerances.limit("min_cosine", "fp16", "qnn"), cosine
+
+
+def test_npu_check_reports_each_split_stage(workspace, tmp_path):
+    bundle = workspace.bundle("qwen2_vl", split_vision=True)
+    out = tmp_path / "npu.json"
+    assert main(["npu-check", "--bundle", str(bundle), "--soc", "SM8650", "--component",
+                 "vision_frontend,vision_transformer", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["components"]) == {"vision_frontend", "vision_transformer"}
+    for name, component in report["components"].items():
+        row = component["entries"][name]["SM8650"]
+        assert row["pinned"]["share"] >= MIN_HTP_SHARE, (name, row["pinned"]["cpu_ops"])
