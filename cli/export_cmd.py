@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "coreml and qnn)")
     optional.add_argument("--deployment-target", default="iOS18", help="coreml: iOS16 | iOS17 | iOS18 (default)")
     optional.add_argument("--split-vision", action="store_true",
-                          help="VLMs: export the vision side as vision_frontend + vision_transformer")
+                          help="export the image / vision side as two stages at the ViT -> Transformer boundary "
+                          "(image_frontend + image_transformer for CLIP/SigLIP, vision_frontend + vision_transformer "
+                          "for the VLMs)")
     optional.add_argument("--shapes", help="tflite, coreml: JSON file of static shapes (prefill_length, kv_capacity, "
                           "image_size); defaults 128, 1024, 448")
     optional.add_argument("--soc", default="SM8650",

@@ -51,7 +51,7 @@ def limits(family: FamilySpec, manifest: dict[str, Any]) -> GoldenLimits:
         value = tol.limit(table, chosen, target)
         return float(value if value is not None else tol.limit(table, "int4", target))  # type: ignore[arg-type]
 
-    image_method = method("vision_encoder", "vision_transformer", "image_encoder")
+    image_method = method("vision_encoder", "vision_transformer", "image_encoder", "image_transformer")
     text_method = method("text_decoder", "text_encoder")
     scale = manifest["preprocessing"]["image"]
     pixel = tol.golden_pixel_levels * float(scale["rescale_factor"]) / min(float(s) for s in scale["std"])

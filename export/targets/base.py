@@ -31,8 +31,8 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class ExportOptions:
     """Target settings that are not quantization: static shapes (LiteRT, Core ML, QNN), the Core ML deployment
-    target, whether each Core ML component converts in its own process, the vision split, the SoCs a QNN bundle is
-    compiled for, and the images / texts its static activation quantization is calibrated on."""
+    target, whether each Core ML component converts in its own process, the vision split (every target), the SoCs a
+    QNN bundle is compiled for, and the images / texts its static activation quantization is calibrated on."""
 
     shapes: StaticShapes = field(default_factory=StaticShapes)
     deployment_target: str = "iOS18"
@@ -73,7 +73,7 @@ class Target(Protocol):
     # True where calibration statistics come from the torch model (hooks), which must then run before the model is
     # released; False where they come from the converted fp32 artifact
     calibrates_on_model: bool
-    splits_vision: bool  # offers --split-vision (vision_frontend + vision_transformer)
+    splits_vision: bool  # offers --split-vision (the family's two stages: image_/vision_ frontend + transformer)
 
     def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
         """Target rules beyond the capability table (e.g. iOS 18 for int4); raise a typed error by name."""

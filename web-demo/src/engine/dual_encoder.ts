@@ -50,6 +50,10 @@ export class DualEncoder {
       throw new EngineError("input", `this is a ${bundle.manifest.task} bundle, not a CLIP/SigLIP dual encoder`,
         "classify needs a CLIP or SigLIP bundle; use caption or ask for a VLM bundle");
     }
+    if ("image_frontend" in bundle.manifest.components) {
+      throw new EngineError("input", "this bundle's image side is split (image_frontend + image_transformer), which "
+        + "the web demo does not chain", "export the bundle for the web demo without --split-vision");
+    }
     const sessions: Record<string, ComponentSession> = {};
     for (const name of ["image_encoder", "text_encoder"]) {
       sessions[name] = await ComponentSession.open(ort, bundle, name, options);
