@@ -5,7 +5,6 @@ outputs against PyTorch. Skipped where the plugin is not installed, except in CI
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,44 +13,12 @@ import pytest
 
 from pocketvlm.cli.main import main
 from pocketvlm.export.registry import get_family
-from pocketvlm.export.static_shapes import StaticShapes
 from pocketvlm.export.verify.parity import dual_encoder_parity
-from pocketvlm.export.verify.vlm_parity import vlm_parity
 from pocketvlm.runtime import errors, qnn
 from pocketvlm.runtime.manifest import load_bundle
-from tests.cases import DUAL_ENCODERS, VLM_FAMILIES
+from tests.cases import DUAL_ENCODERS
+from tests.qnn_cases import MIN_HTP_SHARE, assert_split_chains, check_contexts, qnn_bundle
 from tests.test_vlm import assert_passes
-
-if not qnn.available():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI must run the QNN tests: .ci/run installs pocketvlm[npu] (onnxruntime-qnn)")
-    pytest.skip("onnxruntime-qnn is not installed (pip install 'pocketvlm[npu]')", allow_module_level=True)
-
-SOCS = ("SM8650", "SM8750")
-SHAPES = {"qwen3_vl": StaticShapes(prefill_length=16, kv_capacity=256, image_size=64)}
-DEFAULT_SHAPES = StaticShapes(prefill_length=16, kv_capacity=256, image_size=56)
-MIN_HTP_SHARE = 0.95  # the issue's floor for encoders; 100% is the aim and every CPU node is printed
-
-
-def qnn_bundle(workspace, family: str, quant: str = "fp16", size: str = "tiny"):
-    return workspace.bundle(family, quant, size, target="qnn", socs=SOCS, shapes=SHAPES.get(family, DEFAULT_SHAPES))
-
-
-def check_contexts(record: dict, component: str, floor: float | None) -> None:
-    """Both SoCs compiled, their binaries really differ, and (encoders) the HTP share is at least ``floor``; every
-    node left on CPU is printed with the EP's reason."""
-    contexts = record["qnn"]["contexts"]
-    assert list(contexts) == list(SOCS)
-    assert {c["soc_model"] for c in contexts.values()} == {qnn.SOCS[s].model for s in SOCS}
-    for entry in contexts[SOCS[0]]["entries"]:
-        rows = [contexts[soc]["entries"][entry] for soc in SOCS]
-        assert rows[0]["binary_sha256"] != rows[1]["binary_sha256"], f"{component}/{entry}: same binary for both"
-        for soc, row in zip(SOCS, rows, strict=True):
-            share = row["htp_nodes"] / row["total_nodes"]
-            print(f"{component}/{entry} {soc}: {row['htp_nodes']}/{row['total_nodes']} on HTP, "
-                  f"{row['partitions']} partition(s); on CPU: {row['cpu_ops'] or 'nothing'}")
-            if floor is not None:
-                assert share >= floor, (component, entry, soc, row["cpu_ops"])
 
 
 @pytest.mark.parity("qnn")
@@ -68,24 +35,6 @@ def test_dual_encoder_fp16_on_the_htp_matches_pytorch(workspace, photos, family)
         assert row["cosine_min"] >= get_family(family).tolerances.limit("min_cosine", "fp16", "qnn", name), (name, row)
     assert report["zero_shot"]["top1_agreement"] == 1.0
     assert set(report["htp"]) == set(bundle.components)  # the parity report's HTP section, from the manifest
-    assert_passes(report)
-
-
-@pytest.mark.parity("qnn")
-@pytest.mark.parametrize("family", VLM_FAMILIES)
-def test_vlm_fp16_on_the_htp_greedy_tokens_through_prefill_and_decode(workspace, photos, family):
-    """Vision encoder >= 95% on the HTP; prefill (16-token chunks) + 8 decode steps on the emulated HTP give PyTorch's
-    greedy tokens, or a first divergence on a near-tie (the fp16 rule, margin shown in the report)."""
-    bundle_dir = qnn_bundle(workspace, family, size="fp16")
-    bundle = load_bundle(bundle_dir)
-    records = bundle.manifest["components"]
-    assert set(records["text_decoder"]["qnn"]["contexts"]["SM8650"]["entries"]) == {"prefill_16", "decode"}
-    for name, record in records.items():
-        check_contexts(record, name, MIN_HTP_SHARE if name != "text_decoder" else None)
-    report = vlm_parity(bundle_dir, workspace.checkpoint(family, "fp16"),
-                        photos={k: photos[k] for k in ("astronaut", "camera")}, steps=9)
-    for row in report["photos"]:
-        print(family, row["greedy"])
     assert_passes(report)
 
 
@@ -199,29 +148,8 @@ def test_bench_refuses_emulator_timings(workspace, capsys):
     assert len(err) == 1 and "HTP emulator" in err[0] and "not latency" in err[0]
 
 
-@pytest.mark.parametrize("family", ["clip", "qwen2_vl"])
-def test_split_vision_stages_each_on_the_htp_chain_to_the_unsplit_encoder(workspace, photos, family):
-    """--split-vision on --target qnn: each stage compiles on its own (a user may put the frontend on CPU/GPU and
-    the transformer on the HTP), and the chained stages give the unsplit encoder's output."""
-    from pocketvlm.runtime.dual_encoder import DualEncoder
-    from pocketvlm.runtime.vlm import VisionLanguageModel
-
-    size = "tiny" if family == "clip" else "fp16"
-    whole, split = (workspace.bundle(family, "fp16", size, target="qnn", socs=SOCS, split_vision=s,
-                                     shapes=SHAPES.get(family, DEFAULT_SHAPES)) for s in (False, True))
-    records = load_bundle(split).manifest["components"]
-    stages = get_family(family).vision_split.stages
-    assert set(stages) <= set(records)
-    for stage in stages:
-        check_contexts(records[stage], stage, MIN_HTP_SHARE)
-    image = photos["camera"]
-    if family == "clip":
-        got, want = (DualEncoder.load(b).image_features([image]) for b in (split, whole))
-    else:
-        models = [VisionLanguageModel.load(b) for b in (split, whole)]
-        got, want = (m.encode_image(m.prepare(image, "hi")[1])["image_embeds"] for m in models)
-    cosine = float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want)))
-    assert cosine >= get_family(family).tolerances.limit("min_cosine", "fp16", "qnn"), cosine
+def test_split_vision_stages_each_on_the_htp_chain_to_the_unsplit_encoder(workspace, photos):
+    assert_split_chains(workspace, photos, "clip")
 
 
 def test_npu_check_reports_each_split_stage(workspace, tmp_path):
