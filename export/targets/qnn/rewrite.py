@@ -1,11 +1,11 @@
 """Graph edits that keep whole graphs on the HTP.
 
-``GatherND`` with constant indices (transformers builds attention masks as ``mask[batch_idx, kv_idx]`` over index
-grids, which the exporter writes as GatherND on a bool tensor): the HTP backend refuses it (QNN error 3110, seen on
-bool and uint8 data), which leaves one node on CPU and splits the graph into two HTP partitions; a decode graph
-split that way compiled but failed to execute on the emulator. With constant indices and a static data shape it is
-exactly a ``Gather`` of precomputed flat indices from the data reshaped to ``[prod(indexed dims), *rest]``; bool data
-goes through float around it (the HTP refused Gather of uint8 too).
+``GatherND`` (transformers builds attention masks as ``mask[batch_idx, kv_idx]`` over index grids, which the
+exporter writes as GatherND on a bool tensor; Qwen2.5-VL reorders rotary rows by its window index with it): the HTP
+backend refuses it on bool data (QNN error 3110, seen on uint8 too), which leaves one node on CPU and splits the
+graph, and on float data with runtime indices the emulated HTP returned wrong rows (cosine 0.93 against CPU, no
+error). With a static data shape it is exactly a ``Gather`` of flat indices from the data reshaped to
+``[prod(indexed dims), *rest]``; bool data goes through float around it (the HTP refused Gather of uint8 too).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import numpy as np
 
 
 def gathernd_to_gather(path: Path) -> int:
-    """Rewrite every GatherND with constant indices (batch_dims 0) and static data shape in the graph at ``path``
-    in place; returns how many were rewritten."""
+    """Rewrite every GatherND (batch_dims 0, static data shape) in the graph at ``path`` in place as a Gather of
+    flat indices: precomputed where the indices are constant, computed in the graph (indices x strides, summed)
+    where they are not; returns how many were rewritten."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper, shape_inference
 
@@ -34,23 +35,33 @@ def gathernd_to_gather(path: Path) -> int:
         batch_dims = next((a.i for a in node.attribute if a.name == "batch_dims"), 0)
         info = infos.get(node.input[0]) if node.op_type == "GatherND" else None
         indices = constants.get(node.input[1]) if node.op_type == "GatherND" else None
+        index_info = infos.get(node.input[1]) if node.op_type == "GatherND" else None
         shape = [d.dim_value if d.HasField("dim_value") else None for d in info.shape.dim] if info else None
-        if indices is None or batch_dims or not shape or None in shape:
+        index_shape = [d.dim_value if d.HasField("dim_value") else None
+                       for d in index_info.shape.dim] if index_info else None
+        depth = indices.shape[-1] if indices is not None else (index_shape[-1] if index_shape else None)
+        if depth is None or batch_dims or not shape or None in shape:
             nodes.append(node)
             continue
-        depth = indices.shape[-1]
-        strides = np.cumprod([1, *shape[:depth][::-1]])[:-1][::-1]
-        flat = (indices.astype(np.int64) * strides).sum(-1).astype(np.int64)
+        strides = np.cumprod([1, *shape[:depth][::-1]])[:-1][::-1].astype(np.int64)
         prefix = f"{node.name}_as_gather"
+        if indices is not None:
+            graph.initializer.append(numpy_helper.from_array((indices.astype(np.int64) * strides).sum(-1),
+                                                             f"{prefix}_flat"))
+        else:  # runtime indices (Qwen2.5-VL's window order): the flat index computed in the graph
+            graph.initializer.extend([numpy_helper.from_array(strides, f"{prefix}_strides"),
+                                      numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}_last")])
+            nodes.append(helper.make_node("Mul", [node.input[1], f"{prefix}_strides"], [f"{prefix}_scaled"],
+                                          name=f"{prefix}_mul"))
+            nodes.append(helper.make_node("ReduceSum", [f"{prefix}_scaled", f"{prefix}_last"], [f"{prefix}_flat"],
+                                          keepdims=0, name=f"{prefix}_sum"))
         data = node.input[0]
         is_bool = info.elem_type == TensorProto.BOOL
         if is_bool:
             nodes.append(helper.make_node("Cast", [data], [f"{prefix}_u8"], to=TensorProto.FLOAT, name=f"{prefix}_in"))
             data = f"{prefix}_u8"
-        graph.initializer.extend([
-            numpy_helper.from_array(np.array([int(np.prod(shape[:depth])), *shape[depth:]], np.int64),
-                                    f"{prefix}_shape"),
-            numpy_helper.from_array(flat, f"{prefix}_flat")])
+        graph.initializer.append(numpy_helper.from_array(
+            np.array([int(np.prod(shape[:depth])), *shape[depth:]], np.int64), f"{prefix}_shape"))
         nodes.append(helper.make_node("Reshape", [data, f"{prefix}_shape"], [f"{prefix}_rows"], name=f"{prefix}_rs"))
         out = f"{prefix}_out" if is_bool else node.output[0]
         nodes.append(helper.make_node("Gather", [f"{prefix}_rows", f"{prefix}_flat"], [out], axis=0, name=node.name))
