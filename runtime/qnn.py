@@ -185,12 +185,12 @@ _banner_shown: list[bool] = []
 
 
 @dataclass
-class Placement:
-    """Where ONNX Runtime put each node of one session: HTP partitions, and the nodes left on CPU."""
+class NodeShare:
+    """How many of a graph's nodes the HTP took, in how many partitions, and which stayed on CPU."""
 
     htp_nodes: int = 0
     partitions: int = 0
-    cpu_nodes: list[tuple[str, str]] = field(default_factory=list)  # (node name, op type)
+    cpu_nodes: list[Any] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -199,6 +199,11 @@ class Placement:
     @property
     def share(self) -> float:
         return self.htp_nodes / self.total if self.total else 0.0
+
+
+@dataclass
+class Placement(NodeShare):
+    """Where ONNX Runtime put each node of one session; ``cpu_nodes`` as (node name, op type)."""
 
     def cpu_ops(self) -> dict[str, int]:
         return dict(Counter(op for _, op in self.cpu_nodes).most_common())

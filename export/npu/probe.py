@@ -19,31 +19,22 @@ from typing import Any
 import numpy as np
 
 from pocketvlm.export.npu.log import parse
-from pocketvlm.runtime.qnn import Soc
+from pocketvlm.runtime.qnn import NodeShare, Soc
 
 TIMEOUT = 3600  # seconds: a 2B-class vision tower compiles in minutes; beyond an hour the backend is stuck
 
 
 @dataclass
-class Probe:
-    soc: str
-    ok: bool
-    htp_nodes: int = 0
-    partitions: int = 0
-    cpu_nodes: list[dict[str, str]] = field(default_factory=list)  # node, op, reason
+class Probe(NodeShare):
+    """One graph through the backend; ``cpu_nodes`` as {node, op, reason}."""
+
+    soc: str = ""
+    ok: bool = False
     compile_seconds: float | None = None
     error_lines: list[str] = field(default_factory=list)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     context_files: list[Path] = field(default_factory=list)
     run_error: str | None = None  # compiled, but the HTP failed to execute the feeds
-
-    @property
-    def total(self) -> int:
-        return self.htp_nodes + len(self.cpu_nodes)
-
-    @property
-    def share(self) -> float:
-        return self.htp_nodes / self.total if self.total else 0.0
 
     def cpu_ops(self) -> list[dict[str, Any]]:
         """CPU nodes grouped by (op, reason): [{"op", "nodes", "reason", "examples"}]."""
@@ -82,14 +73,15 @@ def probe(model: Path, soc: Soc, overrides: dict[str, int] | None = None, contex
             for path in written:  # nothing half-written stays behind
                 path.unlink(missing_ok=True)
             why = crashed or (result or {}).get("error") or "the worker wrote no result"
-            return Probe(soc.name, False, error_lines=[why, *log.errors[-8:]])
+            return Probe(soc=soc.name, ok=False, error_lines=[why, *log.errors[-8:]])
         cpu = [{"node": name, "op": op, "reason": log.reason(name, op)} for name, op in result["cpu_nodes"]]
         outputs: dict[str, np.ndarray] = {}
         if feeds is not None and not result.get("run_error"):
             with np.load(work / "outputs.npz") as data:
                 outputs = {k: data[k] for k in data.files}
-        return Probe(soc.name, True, result["htp_nodes"], result["partitions"], cpu, result["compile_seconds"],
-                     outputs=outputs, context_files=written, run_error=_run_error(result, log.backend_errors))
+        return Probe(result["htp_nodes"], result["partitions"], cpu, soc=soc.name, ok=True,
+                     compile_seconds=result["compile_seconds"], outputs=outputs, context_files=written,
+                     run_error=_run_error(result, log.backend_errors))
 
 
 def _run_error(result: dict[str, Any], backend: list[str]) -> str | None:

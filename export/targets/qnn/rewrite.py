@@ -11,25 +11,46 @@ error). With a static data shape it is exactly a ``Gather`` of flat indices from
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def _load(path: Path) -> tuple[Any, dict[str, Any], dict[str, np.ndarray]]:
+    """The graph at ``path`` with its weights, its tensors' inferred types, and its constant values by name."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load(str(path))
+    inferred = shape_inference.infer_shapes(model)
+    infos = {v.name: v.type.tensor_type for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return model, infos, constants
+
+
+def _save(model: Any, nodes: list[Any], path: Path) -> None:
+    """``model`` with its node list replaced by ``nodes``, written back to ``path``. The weights are in memory
+    (``_load`` read them), and onnx refuses to overwrite an external-data file: the scratch graph's old one goes
+    first."""
+    import onnx
+
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
+    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
 
 
 def gathernd_to_gather(path: Path) -> int:
     """Rewrite every GatherND (batch_dims 0, static data shape) in the graph at ``path`` in place as a Gather of
     flat indices: precomputed where the indices are constant, computed in the graph (indices x strides, summed)
     where they are not; returns how many were rewritten."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper, shape_inference
+    from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(path))
+    model, infos, constants = _load(path)
     graph = model.graph
-    inferred = shape_inference.infer_shapes(model)
-    infos = {v.name: v.type.tensor_type for v in (*inferred.graph.value_info, *inferred.graph.input)}
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     nodes, done = [], 0
     for node in graph.node:
         batch_dims = next((a.i for a in node.attribute if a.name == "batch_dims"), 0)
@@ -44,7 +65,7 @@ def gathernd_to_gather(path: Path) -> int:
             nodes.append(node)
             continue
         strides = np.cumprod([1, *shape[:depth][::-1]])[:-1][::-1].astype(np.int64)
-        prefix = f"{node.name}_as_gather"
+        prefix = f"{node.name or node.output[0]}_as_gather"
         if indices is not None:
             graph.initializer.append(numpy_helper.from_array((indices.astype(np.int64) * strides).sum(-1),
                                                              f"{prefix}_flat"))
@@ -69,43 +90,30 @@ def gathernd_to_gather(path: Path) -> int:
             nodes.append(helper.make_node("Cast", [out], [node.output[0]], to=TensorProto.BOOL, name=f"{prefix}_o"))
         done += 1
     if done:
-        del graph.node[:]
-        graph.node.extend(nodes)
-        # the weights are in memory (onnx.load read them), and onnx refuses to overwrite an external-data file: the
-        # scratch graph's old one goes first
-        path.with_name(path.name + ".data").unlink(missing_ok=True)
-        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+        _save(model, nodes, path)
     return done
 
 
 def degenerate_clips(path: Path) -> int:
     """``Clip`` with constant ``min == max`` (``index.clamp(0, rows - 1)`` over a single image row in a decode graph)
     as ``x * 0 + min``: the HTP's ReluMinMax refuses an empty range at run time ("reluXY limit 0 not > 0")."""
-    import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
+    model, _, constants = _load(path)
     graph = model.graph
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     nodes, done = [], 0
     for node in graph.node:
         bounds = [constants.get(name) for name in node.input[1:3]] if node.op_type == "Clip" else []
         if len(bounds) != 2 or any(b is None for b in bounds) or not np.array_equal(bounds[0], bounds[1]):
             nodes.append(node)
             continue
-        prefix = f"{node.name}_degenerate"
+        prefix = f"{node.name or node.output[0]}_degenerate"
         graph.initializer.append(numpy_helper.from_array(np.zeros((), bounds[0].dtype), f"{prefix}_zero"))
         nodes.append(helper.make_node("Mul", [node.input[0], f"{prefix}_zero"], [f"{prefix}_z"], name=f"{prefix}_mul"))
         nodes.append(helper.make_node("Add", [f"{prefix}_z", node.input[1]], [node.output[0]], name=node.name))
         done += 1
     if done:
-        del graph.node[:]
-        graph.node.extend(nodes)
-        path.with_name(path.name + ".data").unlink(missing_ok=True)
-        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+        _save(model, nodes, path)
     return done
 
 
@@ -113,13 +121,10 @@ def rmsnorm_over_rank3(path: Path) -> int:
     """``SimplifiedLayerNormalization`` (RMSNorm) of a rank-4 tensor over its last axis (Qwen3's per-head q_norm /
     k_norm) as the same op on a rank-3 view: on the emulated HTP the rank-4 form compiled, ran, and returned wrong
     values (cosine 0.77 against CPU on a tiny Qwen3-VL), while the rank-3 form (every hidden-state norm) is right."""
-    import onnx
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
+    model, infos, _ = _load(path)
     graph = model.graph
-    inferred = shape_inference.infer_shapes(model)
-    infos = {v.name: v.type.tensor_type for v in (*inferred.graph.value_info, *inferred.graph.input)}
     nodes, done = [], 0
     for node in graph.node:
         info = infos.get(node.input[0]) if node.op_type == "SimplifiedLayerNormalization" else None
@@ -128,7 +133,7 @@ def rmsnorm_over_rank3(path: Path) -> int:
         if len(shape) != 4 or None in shape or axis not in (-1, 3):
             nodes.append(node)
             continue
-        prefix = f"{node.name}_rank3"
+        prefix = f"{node.name or node.output[0]}_rank3"
         graph.initializer.extend([
             numpy_helper.from_array(np.array([1, int(np.prod(shape[:-1])), shape[-1]], np.int64), f"{prefix}_in"),
             numpy_helper.from_array(np.array(shape, np.int64), f"{prefix}_out")])
@@ -141,8 +146,5 @@ def rmsnorm_over_rank3(path: Path) -> int:
                                       name=f"{prefix}_b"))
         done += 1
     if done:
-        del graph.node[:]
-        graph.node.extend(nodes)
-        path.with_name(path.name + ".data").unlink(missing_ok=True)
-        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+        _save(model, nodes, path)
     return done
