@@ -65,6 +65,12 @@ def npu_markdown(folder: Path) -> list[str]:
                                      f"compiler takes {exported['share'] * 100:.1f}% of the ONNX graph as exported "
                                      f"({row.get('dynamic_shapes', 'dynamic shapes')}); the two disagree, and the "
                                      "compiler is the one that runs on the phone.")
+                    if table and pinned.get("compiled") and table["nnapi"] < 0.5 <= pinned["share"]:
+                        notes.append(f"- {result['model']} {component} on {soc}: the NNAPI table accepts "
+                                     f"{table['nnapi'] * 100:.0f}% of the LiteRT bundle's graph ({table['file']}), "
+                                     f"while the HTP compiler takes {pinned['share'] * 100:.1f}% of the ONNX graph "
+                                     "with its dims pinned: they judge different artifacts (the table's bundle "
+                                     "quantization, Android's NNAPI path) and disagree; both are shown.")
     lines += ["", *dict.fromkeys(notes), "", "Result files: " + ", ".join(p.name for p in files), ""]
     return lines
 
