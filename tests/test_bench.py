@@ -204,3 +204,30 @@ def test_report_keeps_device_rows_apart(host_result, tmp_path):
     text = (only / "report.md").read_text()
     assert "## Measured on devices" in text and "## Latency per component" not in text
     assert not (only / "latency.png").exists()
+
+
+def test_report_npu_section_beside_the_published_tables(tmp_path):
+    """The committed npu_coverage_*.json files (benchmarks/npu_coverage.py) appear in the report's NPU section, the
+    HTP compiler's verdict beside the published-table columns of the same model's LiteRT bundle, with the
+    disagreement said in words."""
+    import runpy
+    import shutil
+    from pathlib import Path
+
+    results = Path(__file__).parents[1] / "benchmarks" / "results"
+    coverage = sorted(results.glob("npu_coverage_*.json"))
+    assert coverage, "benchmarks/results should hold the committed NPU coverage files"
+    for path in [*coverage, *results.glob("delegates_*.json")]:
+        shutil.copy(path, tmp_path / path.name)
+    lines = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "npu_report.py"))["npu_markdown"](tmp_path)
+    text = "\n".join(lines)
+    assert "## NPU coverage: Qualcomm HTP compiler (QAIRT" in text
+    for path in coverage:
+        report = json.loads(path.read_text())["npu_check"]
+        for component, data in report["components"].items():
+            row = data["entries"][component][report["socs"][0]]
+            assert f"{row['pinned']['share'] * 100:.1f}% ({row['pinned']['htp_nodes']}/" in text
+    if (tmp_path / "npu_coverage_qwen2_vl_2b.json").exists() and list(tmp_path.glob("delegates_qwen2_vl_2b_*.json")):
+        assert "disagree" in text and "GPU / NNAPI" in text
+    assert runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "npu_report.py"))["npu_markdown"](
+        tmp_path / "nothing") == []
