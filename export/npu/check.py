@@ -102,8 +102,9 @@ def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str,
 
 
 def check_entry(path: Path, soc: Soc, pins: dict[str, int], feeds: dict[str, np.ndarray], reference: Any,
-                work: Path) -> dict[str, Any]:
-    exported = probe(path, soc)
+                work: Path, exported: Probe) -> dict[str, Any]:
+    """One entry on one SoC: ``exported`` is the graph's probe as exported (one per graph and SoC: a decoder's
+    prefill and decode calls share it), then the pinned compile, its context, and the emulated run of ``feeds``."""
     context = work / f"{path.stem}.{soc.name}.onnx"
     pinned = probe(path, soc, pins, context=context, feeds=feeds)
     row: dict[str, Any] = {"as_exported": summary(exported), "pinned": summary(pinned)}
@@ -162,13 +163,17 @@ def npu_check(bundle_dir: Path | str, socs: tuple[Soc, ...], pins: dict[str, int
             path = bundle.file(spec.file)
             reference = OrtSession(path)
             component: dict[str, Any] = {"reference": f"{quant[name]} graph on ONNX Runtime CPU", "entries": {}}
+            exported: dict[str, Probe] = {}
             for entry, entry_feeds in entries(name, feeds.get(name, []), spec).items():
                 entry_pins = {**pins_for(spec, entry_feeds), **(pins or {})}
                 rows: dict[str, Any] = {"pinned_dims": entry_pins, "pinned_from": "the golden task's feeds"
                                         + (" and --pin" if pins else "")}
                 for soc in socs:
                     say(f"compiling {name} ({entry}) for {soc.name} ({soc.marketing}, HTP {soc.arch})")
-                    rows[soc.name] = check_entry(path, soc, entry_pins, entry_feeds, reference, Path(tmp))
+                    if soc.name not in exported:
+                        exported[soc.name] = probe(path, soc)
+                    rows[soc.name] = check_entry(path, soc, entry_pins, entry_feeds, reference, Path(tmp),
+                                                 exported[soc.name])
                 component["entries"][entry] = rows
             report["components"][name] = component
     return report

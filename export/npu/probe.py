@@ -65,8 +65,9 @@ def probe(model: Path, soc: Soc, overrides: dict[str, int] | None = None, contex
             crashed = None if done.returncode == 0 else _describe_exit(done.returncode)
         except subprocess.TimeoutExpired:
             done, crashed = None, f"the HTP backend did not finish within {timeout} s"
-        log = parse((work / "ep.log").read_text(encoding="utf-8", errors="replace")
-                    if (work / "ep.log").exists() else "")
+        # the EP logs on fd 2 (the log file); the HTP backend prints its own op-level errors on fd 1
+        log = parse(((work / "ep.log").read_text(encoding="utf-8", errors="replace")
+                     if (work / "ep.log").exists() else "") + "\n" + (done.stdout if done is not None else ""))
         result = _last_json(done.stdout) if done is not None and crashed is None else None
         written = _context_files(context)
         if result is None or not result.get("ok"):
