@@ -162,3 +162,23 @@ def test_npu_check_reports_each_split_stage(workspace, tmp_path):
     for name, component in report["components"].items():
         row = component["entries"][name]["SM8650"]
         assert row["pinned"]["share"] >= MIN_HTP_SHARE, (name, row["pinned"]["cpu_ops"])
+
+
+def test_a16w8_export_is_calibrated_and_close_to_its_qdq_graph(workspace, photos, tmp_path):
+    """Static QDQ (a16w8) on both towers, calibrated on images and the default prompts: the manifest records the
+    calibration, and the emulated HTP stays within the registry's a16w8 floor of the QDQ graph on CPU."""
+    from pocketvlm.export.loop import export_bundle
+    from pocketvlm.export.quant.config import QuantConfig
+
+    images = []
+    for name, image in photos.items():
+        images.append(tmp_path / f"{name}.png")
+        image.convert("RGB").save(images[-1])
+    out = export_bundle(workspace.checkpoint("clip"), tmp_path / "a16w8", target="qnn",
+                        quant=QuantConfig.parse("a16w8"), socs=("SM8650",), calibration_images=tuple(images))
+    floor = get_family("clip").tolerances.limit("htp_min_cosine", "a16w8", "qnn")
+    for name, record in load_bundle(out).manifest["components"].items():
+        assert record["quantization"]["method"] == "a16w8" and record["quantization"]["calibration_feeds"] > 0
+        row = record["qnn"]["contexts"]["SM8650"]["entries"][name]
+        assert all(e["cosine"] >= floor for e in row["error_vs_qdq_cpu"].values()), row["error_vs_qdq_cpu"]
+        assert row["htp_nodes"] / row["total_nodes"] >= MIN_HTP_SHARE, row["cpu_ops"]
