@@ -26,12 +26,12 @@ import numpy as np
 
 from pocketvlm.export.npu.probe import Probe, probe
 from pocketvlm.export.quant.calibration import FeedRecorder
+from pocketvlm.export.static_shapes import LOOP_DIMS
 from pocketvlm.runtime.backends import OrtSession
 from pocketvlm.runtime.errors import BundleError
 from pocketvlm.runtime.manifest import Bundle, load_bundle
 from pocketvlm.runtime.qnn import Soc, versions
 
-LOOP_DIMS = ("batch", "tiles")  # the runtime runs encoders one row at a time on static targets
 EMULATOR_NOTE = ("outputs are the HTP's own arithmetic (emulated on x86_64); emulator compile and run times are "
                  "not phone latency")
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from pocketvlm.export.static_shapes import LOOP_DIMS
 from pocketvlm.runtime.errors import QuantizationError
 from pocketvlm.runtime.image import ImagePreprocess, load_image
 from pocketvlm.runtime.text import TextConfig, TextTokenizer
 from pocketvlm.runtime.vlm import ADAPTERS
 
-LOOP_DIMS = ("batch", "tiles")
 DEFAULT_WORDS = ("cat", "dog", "car", "tree", "house", "person", "bird", "boat", "flower", "cup of coffee",
                  "red circle", "blue square", "green triangle", "yellow star", "white rectangle", "black shape",
                  "mountain", "beach", "city street", "kitchen", "book", "phone", "chair", "table", "bicycle",

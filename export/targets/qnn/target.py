@@ -26,6 +26,7 @@ from pocketvlm.export.targets.onnx.convert import export_component
 from pocketvlm.export.targets.qnn.calibration import calibration_feeds
 from pocketvlm.export.targets.qnn.qdq import quantize_qdq, record
 from pocketvlm.export.targets.qnn.rewrite import degenerate_clips, gathernd_to_gather, rmsnorm_over_rank3
+from pocketvlm.runtime.backends import OrtSession
 from pocketvlm.runtime.errors import ExportError, QuantizationError
 from pocketvlm.runtime.manifest import sha256_file
 from pocketvlm.runtime.qnn import parse_socs, versions
@@ -84,6 +85,9 @@ class QnnTarget:
                     quantize_qdq(source, graph, spec.method, calibration)
                     state["qdq"][(entry, spec.method)] = graph
             feeds = calibration[0] if calibration else {k: v.numpy() for k, v in example.items()}
+            # the CPU references, once per entry (every SoC's emulated outputs are compared with the same ones)
+            fp32_cpu = OrtSession(source).run(feeds)
+            qdq_cpu = OrtSession(graph).run(feeds) if graph != source else None
             for soc in parse_socs(ctx.options.socs):
                 name = f"{stem(component.name, entry)}.{soc.name}.onnx"
                 result = probe(graph, soc, context=staging / name, feeds=feeds)
@@ -97,9 +101,9 @@ class QnnTarget:
                        "binary_sha256": sha256_file(binary), "htp_nodes": result.htp_nodes,
                        "total_nodes": result.total, "partitions": result.partitions,
                        "cpu_ops": result.cpu_ops(), "compile_seconds": result.compile_seconds,
-                       "error_vs_fp32_cpu": compare(result.outputs, cpu_run(source, feeds))}
-                if graph != source:
-                    row["error_vs_qdq_cpu"] = compare(result.outputs, cpu_run(graph, feeds))
+                       "error_vs_fp32_cpu": compare(result.outputs, fp32_cpu)}
+                if qdq_cpu is not None:
+                    row["error_vs_qdq_cpu"] = compare(result.outputs, qdq_cpu)
                 check_emulated(ctx, component.name, entry, soc.name, spec.method,
                                row["error_vs_qdq_cpu" if graph != source else "error_vs_fp32_cpu"])
                 contexts.setdefault(soc.name, {"soc_model": soc.model, "htp_arch": soc.arch,
@@ -152,11 +156,3 @@ def check_emulated(ctx: ExportContext, component: str, entry: str, soc: str, met
 
 def stem(component: str, entry: str) -> str:
     return component if entry == component else f"{component}.{entry}"
-
-
-def cpu_run(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()}), strict=True))
