@@ -278,8 +278,8 @@ def test_an_explicit_network_host_warns(roots, monkeypatch, capsys):
     real = serve_cmd.make_server
     bound = []
 
-    def loopback_only(bundle, demo_dir, host, port, verbose):
-        server = real(bundle, demo_dir, "127.0.0.1", port, verbose)
+    def loopback_only(bundle, demo_dir, host, port, verbose, **options):
+        server = real(bundle, demo_dir, "127.0.0.1", port, verbose, **options)
         bound.append(host)
 
         def interrupted() -> None:
