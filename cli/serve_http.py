@@ -119,6 +119,7 @@ class DemoHandler(BaseHTTPRequestHandler):
     loopback_only = True
     verbose = False
     input_left = False  # unread input (an oversized head, a body): drained a little before closing
+    connection_header_sent = False
 
     def version_string(self) -> str:
         return self.server_version
@@ -191,9 +192,17 @@ class DemoHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
 
+    def send_header(self, keyword: str, value: str) -> None:
+        if keyword.lower() == "connection":
+            self.connection_header_sent = True
+        super().send_header(keyword, value)
+
     def end_headers(self) -> None:
         for name, value in ISOLATION_HEADERS:  # on every response, errors included
             self.send_header(name, value)
+        if self.close_connection and not self.connection_header_sent:  # the client knows not to reuse it
+            self.send_header("Connection", "close")
+        self.connection_header_sent = False
         super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:  # the base class's signature
