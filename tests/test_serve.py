@@ -244,6 +244,15 @@ def read_lines(stream: object, lines: queue.Queue) -> None:
         lines.put(line)
 
 
+def accept_queue(port: int) -> int:
+    """Connections waiting in the kernel's accept queue of the LISTEN socket on ``port`` (its rx_queue)."""
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
 def listening_address(port: int) -> str:
     """The local address of the LISTEN socket on ``port``, read from /proc/net/tcp (Linux)."""
     for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
@@ -413,25 +422,28 @@ def test_the_benchmark_traversal_list_finds_nothing(roots, port):
     assert hashlib.sha256(SECRET).hexdigest() not in allowed
 
 
-PIECES = ("/", "..", "%2e%2e", "%2e", ".", "%252e", "%252e%252e", "%c0%ae", "%c0%af", "\\", "%5c", "%2f", "%2F",
-          "%00", "//", ";", "?", "#", "\uff0e", "%ef%bc%8e", "bundle", "secret", "index.html", "manifest.json",
-          "image_encoder.onnx", "assets", "ort.wasm", ".env", ".hidden", "link", "out", "unlisted.onnx", "etc",
-          "passwd", "%")
-PREFIXES = ("/", "/bundle/", "", "//", "http://127.0.0.1{port}/", "http://localhost{port}/bundle/")
+PIECES = ("..", "%2e%2e", "%2E%2e", "%2e", ".", "%252e", "%252e%252e", "%c0%ae", "%c0%ae%c0%ae", "%c0%af",
+          "\uff0e", "\uff0e\uff0e", "%ef%bc%8e", "%00", ";", "?", "#", "%23", "%3f", "bundle", "secret", "index.html",
+          "manifest.json", "image_encoder.onnx", "assets", "ort.wasm", ".env", ".hidden", "link", "out",
+          "unlisted.onnx", "etc", "passwd", "%", "")
+SEPARATORS = ("/", "/", "/", "//", "\\", "%5c", "%2f", "%2F", "%252f")
+PREFIXES = ("", "/bundle", "http://127.0.0.1{port}", "http://localhost{port}/bundle", "http://attacker.example")
 TRIED: list[str] = []  # every concrete target the property test sent
+segments = st.lists(st.tuples(st.sampled_from(SEPARATORS),
+                              st.lists(st.sampled_from(PIECES), min_size=1, max_size=2).map("".join)),
+                    min_size=1, max_size=6)
 
 
-@settings(derandomize=True, max_examples=400, deadline=None,
+@settings(derandomize=True, max_examples=600, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(prefix=st.sampled_from(PREFIXES), pieces=st.lists(st.sampled_from(PIECES), min_size=1, max_size=7),
-       with_port=st.booleans())
-def test_traversal_property_only_refusals_or_allow_listed_bytes(roots, port, prefix, pieces, with_port):
+@given(prefix=st.sampled_from(PREFIXES), parts=segments, with_port=st.booleans())
+def test_traversal_property_only_refusals_or_allow_listed_bytes(roots, port, prefix, parts, with_port):
     """Request targets built from traversal pieces (one server for all examples), sent as raw UTF-8 bytes: the
     answer is a refusal or exactly the bytes of one allow-listed file; never the secret next to the bundle and the
     demo, never a listing."""
     if roots["bundle"] not in ALLOWED:
         ALLOWED[roots["bundle"]] = serve_load.allowed_digests(roots["bundle"], roots["demo"])
-    target = prefix.replace("{port}", f":{port}" if with_port else "") + "".join(pieces)
+    target = prefix.replace("{port}", f":{port}" if with_port else "") + "".join(sep + part for sep, part in parts)
     TRIED.append(target)
     status, body = serve_load.raw_get(port, target)
     assert SECRET not in body, target
@@ -491,6 +503,9 @@ def test_connections_beyond_the_bound_wait_in_the_backlog_and_are_then_served(ro
                 connection.sendall(b"GET /bundle/golden.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             readable, _, _ = select.select(waiting, [], [], 0.5)
             assert readable == [] and len(server.active) == 3  # waiting, unanswered
+            assert server.pending.qsize() == 0  # not accepted into the process either: in the kernel's queue
+            if Path("/proc/net/tcp").exists():
+                assert accept_queue(port) == 5
             assert threading.active_count() <= before + 3 + 2  # the 3 handlers, the accept loop, one spare
         finally:
             for connection in idle:
