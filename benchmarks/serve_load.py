@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.bundle is None:
         parser.error("--bundle is required")
+    from pocketvlm.cli import serve_http
     from pocketvlm.runtime.bench import machine
     from pocketvlm.runtime.manifest import load_bundle
 
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (demo / "index.html").is_file():
             demo = Path(scratch)
             (demo / "index.html").write_text("<!doctype html><title>pocketvlm serve load test</title>\n")
+        demo_name = demo if demo != Path(scratch) else "a temporary folder with an index.html"
         say(f"serving {bundle.path} (demo {demo}), --max-connections {args.max_connections}")
         server, port = start_server(bundle.path, demo, args.max_connections)
         count_threads = threads_of(server.pid)
@@ -353,10 +355,17 @@ def main(argv: list[str] | None = None) -> int:
         "bundle": {"path": str(bundle.path), "family": bundle.family, "files": len(bundle.manifest["files"]),
                    "bytes": bundle.total_bytes,
                    "manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest()},
-        "server": {"max_connections": args.max_connections, "first_get_status": warm, "threads_idle": idle_threads,
+        "demo": str(demo_name),
+        "server": {"max_connections": args.max_connections, "listen_backlog": serve_http.LISTEN_BACKLOG,
+                   "idle_timeout_s": serve_http.IDLE_TIMEOUT, "max_request_line": serve_http.MAX_REQUEST_LINE,
+                   "max_header_line": serve_http.MAX_HEADER_LINE, "max_headers": serve_http.MAX_HEADERS,
+                   "first_get_status": warm, "threads_idle": idle_threads,
                    "threads_peak_under_load": load.pop("server_threads_peak"), "still_serving_after": still_up,
                    "exit_code_on_sigint": exit_code, "tracebacks_on_stderr": server_stderr.count("Traceback")},
         "load": load, "traversal": traversal, "machine": machine(), "tools": tool_versions(),
+        "notes": "latency: from sending a request to its last body byte, client side; a connection's first request "
+                 "includes its wait in the listen backlog (connections beyond max_connections are served in turn), "
+                 "which is what p99 shows. The client runs on the same machine as the server.",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
