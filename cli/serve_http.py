@@ -257,8 +257,12 @@ class DemoHandler(BaseHTTPRequestHandler):
         host = urlsplit(self.path).netloc or (self.headers.get("Host") or "").strip()
         if not self.loopback_only or not host:
             return True
-        name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-        return is_loopback(name)
+        try:
+            parts = urlsplit(f"//{host}")
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError:
+            return False
+        return "@" not in host and parts.hostname is not None and is_loopback(parts.hostname)
 
     def serve(self, body: bool) -> None:
         if not self.host_allowed():

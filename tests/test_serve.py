@@ -7,6 +7,7 @@ and every server is stopped at the end of its test.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import http.client
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pocketvlm.cli import serve_cmd
@@ -230,8 +231,14 @@ def test_keep_alive_serves_several_requests_on_one_connection(port, roots):
 def test_a_foreign_host_name_is_refused_on_a_loopback_bind(port):
     """DNS rebinding: a page on another origin whose name now points at 127.0.0.1 sends its own Host."""
     assert fetch(port, "/bundle/manifest.json", headers={"Host": "attacker.example"})[0] == 421
-    for host in ("localhost:9999", "127.0.0.1", "[::1]:8000"):
+    for host in ("localhost:9999", "127.0.0.1", "[::1]:8000", "LOCALHOST", "127.0.0.1:"):
         assert fetch(port, "/bundle/manifest.json", headers={"Host": host})[0] == 200, host
+    for host in ("127.0.0.1:80\\x", "127.0.0.1@attacker.example", "127.0.0.1:x", "[::1", "localhost.attacker.example"):
+        assert fetch(port, "/bundle/manifest.json", headers={"Host": host})[0] == 421, host
+    # an absolute-form target's authority stands in for Host
+    assert fetch(port, "http://attacker.example/bundle/manifest.json")[0] == 421
+    answer = fetch(port, "http://localhost/bundle/golden.json", headers={"Host": "attacker.example"})
+    assert answer[:3:2] == (200, b"{}")
 
 
 def test_loopback_detection():
@@ -425,27 +432,38 @@ def test_the_benchmark_traversal_list_finds_nothing(roots, port):
 PIECES = ("..", "%2e%2e", "%2E%2e", "%2e", ".", "%252e", "%252e%252e", "%c0%ae", "%c0%ae%c0%ae", "%c0%af",
           "\uff0e", "\uff0e\uff0e", "%ef%bc%8e", "%00", ";", "?", "#", "%23", "%3f", "bundle", "secret", "index.html",
           "manifest.json", "image_encoder.onnx", "assets", "ort.wasm", ".env", ".hidden", "link", "out",
-          "unlisted.onnx", "etc", "passwd", "%", "")
+          "unlisted.onnx", "etc", "passwd", "%", "", "bundle/manifest.json", "assets/ort.wasm", "bundle/golden.json")
 SEPARATORS = ("/", "/", "/", "//", "\\", "%5c", "%2f", "%2F", "%252f")
-PREFIXES = ("", "/bundle", "http://127.0.0.1{port}", "http://localhost{port}/bundle", "http://attacker.example")
-TRIED: list[str] = []  # every concrete target the property test sent
+PREFIXES = ("", "", "/bundle", "http://127.0.0.1{port}", "http://localhost{port}", "http://attacker.example")
+STARTS = ("", "", "", "/bundle/manifest.json", "/bundle/golden.json", "/assets/ort.wasm", "/index.html", "/")
+TAILS = ("?", "#", ";", "/", "", "%3f", "%23")  # after an allow-listed path, before the traversal parts
+TRIED: list[tuple[str, int]] = []  # every concrete target the property test sent, and its status
 segments = st.lists(st.tuples(st.sampled_from(SEPARATORS),
                               st.lists(st.sampled_from(PIECES), min_size=1, max_size=2).map("".join)),
-                    min_size=1, max_size=6)
+                    min_size=1, max_size=4)
 
 
 @settings(derandomize=True, max_examples=600, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(prefix=st.sampled_from(PREFIXES), parts=segments, with_port=st.booleans())
-def test_traversal_property_only_refusals_or_allow_listed_bytes(roots, port, prefix, parts, with_port):
+@given(prefix=st.sampled_from(PREFIXES), start=st.sampled_from(STARTS), tail=st.sampled_from(TAILS), parts=segments,
+       with_port=st.booleans())
+@example(prefix="", start="", tail="", parts=[("/", ".."), ("/", "secret")], with_port=False)
+@example(prefix="", start="", tail="", parts=[("/", "assets"), ("/", ".."), ("/", ".."), ("/", "secret")],
+         with_port=False)
+@example(prefix="http://127.0.0.1{port}", start="", tail="", parts=[("/", "%2e%2e"), ("/", "secret")], with_port=True)
+@example(prefix="", start="", tail="", parts=[("/", ".env")], with_port=False)
+@example(prefix="", start="", tail="", parts=[("/", "out")], with_port=False)
+@example(prefix="/bundle", start="", tail="", parts=[("/", "link")], with_port=False)
+def test_traversal_property_only_refusals_or_allow_listed_bytes(roots, port, prefix, start, tail, parts, with_port):
     """Request targets built from traversal pieces (one server for all examples), sent as raw UTF-8 bytes: the
     answer is a refusal or exactly the bytes of one allow-listed file; never the secret next to the bundle and the
     demo, never a listing."""
     if roots["bundle"] not in ALLOWED:
         ALLOWED[roots["bundle"]] = serve_load.allowed_digests(roots["bundle"], roots["demo"])
-    target = prefix.replace("{port}", f":{port}" if with_port else "") + "".join(sep + part for sep, part in parts)
-    TRIED.append(target)
+    target = (prefix.replace("{port}", f":{port}" if with_port else "") + (start + tail if start else "")
+              + "".join(sep + part for sep, part in parts))
     status, body = serve_load.raw_get(port, target)
+    TRIED.append((target, status))
     assert SECRET not in body, target
     if status in (200, 206):
         assert hashlib.sha256(body).hexdigest() in ALLOWED[roots["bundle"]], target
@@ -459,11 +477,12 @@ ALLOWED: dict[Path, set[str]] = {}
 def test_traversal_property_tried_many_distinct_targets():
     """Runs after the property test (file order): how many concrete targets it sent (the list with -s)."""
     distinct = sorted(set(TRIED))
-    print(f"traversal property: {len(TRIED)} attempts, {len(distinct)} distinct")
-    for target in distinct:
-        print(f"  {target!r}")
+    statuses = collections.Counter(status for _, status in distinct)
+    print(f"traversal property: {len(TRIED)} attempts, {len(distinct)} distinct, by status {dict(statuses)}")
+    for target, status in distinct:
+        print(f"  {status} {target!r}")
     if TRIED:  # empty when this test runs alone
-        assert len(distinct) > 200
+        assert len(distinct) > 400 and statuses[200] > 10 and statuses[404] > 200  # both sides exercised
 
 
 def wait_until(condition: object, seconds: float = 10.0) -> None:
