@@ -352,7 +352,7 @@ class BoundedHTTPServer(HTTPServer):
         self.lock = threading.Lock()
         self.active: set[socket.socket] = set()
         self.workers: list[threading.Thread] = []
-        self.stopping, self.stopped = threading.Event(), threading.Event()
+        self.stopping, self.stopped, self.closing = threading.Event(), threading.Event(), threading.Event()
         self.stopped.set()
         super().__init__(address, handler)
         self.socket.setblocking(False)  # a connection reset before accept() must not block the loop
@@ -395,7 +395,8 @@ class BoundedHTTPServer(HTTPServer):
             with self.lock:
                 self.active.add(request)
             try:
-                self.finish_request(request, address)
+                if not self.closing.is_set():  # once server_close began, a queued connection is only closed
+                    self.finish_request(request, address)
             except Exception:  # what socketserver does: report, and serve the next connection
                 self.handle_error(request, address)
             finally:
@@ -409,7 +410,8 @@ class BoundedHTTPServer(HTTPServer):
         self.stopped.wait()
 
     def server_close(self) -> None:
-        """The listening socket, then every open connection, then the threads."""
+        """The listening socket, then every open connection, then the threads (5 s at most for them all)."""
+        self.closing.set()
         self.stopping.set()
         super().server_close()
         with self.lock:
@@ -419,8 +421,9 @@ class BoundedHTTPServer(HTTPServer):
             workers, self.workers = self.workers, []
         for _ in workers:
             self.pending.put(None)
+        deadline = time.monotonic() + 5
         for worker in workers:
-            worker.join(timeout=5)
+            worker.join(timeout=max(deadline - time.monotonic(), 0))
         while True:
             try:
                 item = self.pending.get_nowait()

@@ -358,8 +358,11 @@ def test_bad_arguments_exit_2(roots, monkeypatch, capsys):
     assert main(["serve", "--bundle", str(roots["tmp"] / "nope"), "--demo-dir", str(roots["demo"])]) == 2
     assert main(["serve", "--bundle", str(roots["bundle"]), "--demo-dir", str(roots["demo"]),
                  "--port", "70000"]) == 2
+    assert main(["serve", "--bundle", str(roots["bundle"]), "--demo-dir", str(roots["demo"]),
+                 "--max-connections", "0"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and "bundle directory not found" in errors[0] and "--port 70000" in errors[1]
+    assert len(errors) == 3 and "bundle directory not found" in errors[0] and "--port 70000" in errors[1]
+    assert "--max-connections 0" in errors[2]
 
 
 # ---- bounds: load, traversal, concurrency, request sizes, slow clients ----
