@@ -2,8 +2,8 @@
 
 load checkpoint -> check the request against the target's capability table -> per component: convert -> calibrate
 if asked -> quantize into each bundle -> record in the manifest -> publish each bundle atomically. The loop knows
-targets only through ``targets.base.Target``; everything is written into hidden sibling directories and renamed into
-place only once the manifest is complete (``bundle_writer``).
+targets only through ``targets.base.Target``; everything is written into hidden sibling directories and swapped into
+place only once the manifest is complete, under a lock that keeps other exports off each output (``bundle_writer``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from pocketvlm.export.bundle_writer import (
     Progress,
     build_manifest,
     check_destination,
+    disk_full_error,
+    export_lock,
+    full_filesystems,
     publish,
     remove_stale_staging,
     ticker,
@@ -61,7 +65,8 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
     (recorded through an fp32 bundle of the same target); components quantized with GPTQ need it. ``shapes`` sets
     the static shapes of a ``tflite`` or ``coreml`` bundle; ``deployment_target`` and ``isolate`` (each component
     converted in its own process) apply to ``coreml``; ``socs`` and the calibration images / texts (static QDQ
-    activations) to ``qnn``."""
+    activations) to ``qnn``. Each output is locked for the whole export (a second export to it raises
+    ``ExportError`` before writing anything), and a full disk raises ``ExportError`` with nothing left behind."""
     model_dir = Path(model_dir)
     plan = [(Path(out), quant) for out, quant in outputs]
     say = progress or (lambda message: None)
@@ -77,28 +82,46 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
     family = family_for_model_type(checkpoint.model_type)
     components = export_components(family, split_vision)
     _check_request(chosen, components, plan, options, calibration or {}, model_dir)
-    stagings: list[Path] = []
-    try:
+    with ExitStack() as locks:  # before anything is written: a second export to one of these outputs stops here
         for out_dir, _ in plan:
             out_dir.parent.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(export_lock(out_dir))
+        _write(chosen, checkpoint, family, components, plan, say, options, calibration or {})
+    return [out for out, _ in plan]
+
+
+def _write(target: Target, checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
+           plan: list[tuple[Path, QuantConfig]], say: Progress, options: ExportOptions,
+           calibration: Calibration) -> None:
+    """Stage every bundle beside its output, then publish each. On any failure the staging and scratch directories
+    are removed; a full disk becomes one ``ExportError`` (``bundle_writer.full_filesystems``)."""
+    stagings: list[Path] = []
+    # the unquantized artifacts every bundle is quantized from; named like a staging directory so a killed run's
+    # copy is removed by the next export's stale-staging sweep
+    scratch = plan[0][0].with_name(f".{plan[0][0].name}.partial-{os.getpid()}-scratch")
+    try:
+        for out_dir, _ in plan:
             remove_stale_staging(out_dir)
             stagings.append(out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}"))
             stagings[-1].mkdir()
         with quiet_transformers():
-            manifests = _run(chosen, checkpoint, family, components, stagings, [q for _, q in plan], say, options,
-                             calibration or {})
+            manifests = _run(target, checkpoint, family, components, stagings, [q for _, q in plan], say, options,
+                             calibration, scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
         for staging, manifest in zip(stagings, manifests, strict=True):
             say(f"recording the golden record (the runtime's run of {staging.name.split('.partial-')[0][1:]})")
-            write_golden(staging, manifest, family, chosen)
+            write_golden(staging, manifest, family, target)
             (staging / PENDING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for staging, (out_dir, _) in zip(stagings, plan, strict=True):
             publish(staging, out_dir)
             say(f"bundle written: {out_dir}")
-    except BaseException:
-        for staging in stagings:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return [out for out, _ in plan]
+    except BaseException as exc:
+        full = full_filesystems(exc, [out for out, _ in plan])  # before the partial export's files are removed
+        for leftover in (*stagings, scratch):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if full is None:
+            raise
+        raise disk_full_error([out for out, _ in plan], full) from exc
 
 
 def _check_request(target: Target, components: tuple[ComponentDef, ...], plan: list[tuple[Path, QuantConfig]],
@@ -128,7 +151,7 @@ def _load(family: FamilySpec, checkpoint: Checkpoint) -> Any:
 
 def _run(target: Target, checkpoint: Checkpoint, family: FamilySpec, components: tuple[ComponentDef, ...],
          stagings: list[Path], quants: list[QuantConfig], say: Progress, options: ExportOptions,
-         calibration: Calibration) -> list[dict[str, Any]]:
+         calibration: Calibration, scratch: Path) -> list[dict[str, Any]]:
     names = tuple(c.name for c in components)
     gptq = set().union(*(q.gptq_components(names) for q in quants))
     calibrated = [c for c in components if c.name in gptq]
@@ -137,10 +160,7 @@ def _run(target: Target, checkpoint: Checkpoint, family: FamilySpec, components:
     model = _load(family, checkpoint)
     tick("writing tokenizer and preprocessing constants")
     metadata = [family.bundle_metadata(model, checkpoint.path, staging) for staging in stagings]
-    # the unquantized artifacts every bundle is quantized from; named like a staging directory so a killed run's
-    # copy is removed by the next export's stale-staging sweep
-    scratch = stagings[0].with_name(stagings[0].name + "-scratch")
-    scratch.mkdir()
+    scratch.mkdir()  # the unquantized artifacts every bundle is quantized from (removed by the caller)
     ctx = ExportContext(checkpoint, family, options, model, model.config, metadata, scratch)
     del model  # the context holds the only reference, so release_model frees it
     stats: dict[str, Any] = {}
@@ -150,27 +170,24 @@ def _run(target: Target, checkpoint: Checkpoint, family: FamilySpec, components:
             tick(f"collecting GPTQ Hessians of {comp.name} on {len(calibration[comp.name])} calibration feeds")
             stats[comp.name] = target.calibrate(ctx, comp, calibration[comp.name])
 
-    try:
-        target.prepare(ctx)
-        if target.calibrates_on_model:
-            calibrate()
+    target.prepare(ctx)
+    if target.calibrates_on_model:
+        calibrate()
+    for comp in components:
+        tick(f"converting {comp.name} to {target.title} ({target.precision})")
+        target.convert(ctx, comp)
+    ctx.release_model()  # quantization works on the converted artifacts (peak memory)
+    if not target.calibrates_on_model:
+        calibrate()
+    manifests = []
+    for index, (staging, quant) in enumerate(zip(stagings, quants, strict=True)):
+        records = {}
         for comp in components:
-            tick(f"converting {comp.name} to {target.title} ({target.precision})")
-            target.convert(ctx, comp)
-        ctx.release_model()  # quantization works on the converted artifacts (peak memory)
-        if not target.calibrates_on_model:
-            calibrate()
-        manifests = []
-        for index, (staging, quant) in enumerate(zip(stagings, quants, strict=True)):
-            records = {}
-            for comp in components:
-                spec = quant.for_component(comp.name)
-                tick(f"quantizing {comp.name} ({spec.method}) into {staging.name.split('.partial-')[0][1:]}")
-                dest = staging / f"{comp.name}{target.suffix}"
-                done = target.quantize(ctx, comp, spec, dest, stats.get(comp.name) if spec.gptq else None)
-                records[comp.name] = target.describe(ctx, comp, spec, dest, index, done)
-            manifests.append(build_manifest(checkpoint, family, quant, target.name, ctx.config, metadata[index],
-                                            records, staging))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            spec = quant.for_component(comp.name)
+            tick(f"quantizing {comp.name} ({spec.method}) into {staging.name.split('.partial-')[0][1:]}")
+            dest = staging / f"{comp.name}{target.suffix}"
+            done = target.quantize(ctx, comp, spec, dest, stats.get(comp.name) if spec.gptq else None)
+            records[comp.name] = target.describe(ctx, comp, spec, dest, index, done)
+        manifests.append(build_manifest(checkpoint, family, quant, target.name, ctx.config, metadata[index],
+                                        records, staging))
     return manifests
