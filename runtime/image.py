@@ -1,6 +1,7 @@
 """Image loading and preprocessing, equal to the Hugging Face (PIL backend) image processors.
 
-The steps and their numerics follow transformers' PIL path exactly: RGB conversion that composites transparency onto
+The steps and their numerics follow transformers' PIL path exactly: the EXIF orientation applied (as its
+``load_image`` does, and the web demo's ``createImageBitmap``), RGB conversion that composites transparency onto
 white, PIL resize, integer center crop, rescale in float64 then float32, normalise in float32. Constants come from
 the bundle manifest (``preprocessing.image``), so apps in other languages can do the same.
 """
@@ -14,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from pocketvlm.runtime.errors import ImageError, ImageTooLargeError
 
+ORIENTATION = 0x0112  # the EXIF tag
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; beyond this an image is almost surely a mistake or a bomb
 
 RESAMPLE = {
@@ -37,7 +39,7 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
     """Open and fully decode an image, with typed errors for every way that can fail."""
     if isinstance(source, Image.Image):
         _check_pixels(source.size, max_pixels, "image")
-        return source
+        return upright(source)
     if isinstance(source, np.ndarray):
         if source.ndim not in (2, 3) or source.dtype != np.uint8:
             raise ImageError(f"array image must be uint8 HxW or HxWxC, got {source.dtype} {source.shape}",
@@ -60,6 +62,7 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
             image = Image.open(handle)
             _check_pixels(image.size, max_pixels, name)
             image.load()
+            image = upright(image)
     except ImageTooLargeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -70,6 +73,18 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name} is corrupt or truncated ({exc})", "re-download or re-save the image") from exc
     return image
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as its EXIF orientation says it is seen, as transformers' ``load_image``, browsers'
+    ``createImageBitmap`` and phone galleries show it (a phone photo is stored sideways with orientation 6 or 8).
+    EXIF that PIL cannot parse leaves the image as stored: the pixels are still the photo."""
+    try:
+        if image.getexif().get(ORIENTATION, 1) in (1, None):
+            return image  # the common case, without the copy exif_transpose would make
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # PIL's EXIF parser raises many types (struct.error, KeyError, ...) on malformed tags
+        return image
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
@@ -89,9 +104,25 @@ def rescale_normalize(array: np.ndarray, factor: float, mean: Any, std: Any) -> 
     return (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
 
 
+def to_eight_bit(image: Image.Image) -> Image.Image:
+    """Greyscale beyond 8 bits (16-bit PNG and TIFF: ``I;16*``; ``I`` or ``F`` holding 16-bit values) scaled to
+    0..255 as browsers and phone decoders show it. PIL's own ``convert`` clips at 255 instead, which turns a 16-bit
+    photo white (transformers inherits that); 8-bit-range ``I`` / ``F`` images keep PIL's clipping."""
+    array = np.asarray(image)
+    if image.mode.startswith("I;16") or (image.mode in ("I", "F") and array.size and float(array.max()) > 255):
+        scaled = np.clip(array.astype(np.float64), 0, 65535) / 257.0
+        return Image.fromarray(np.rint(scaled).astype(np.uint8))
+    return image
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB conversion as transformers does it: transparency is composited onto white."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
+    """RGB conversion as transformers does it: transparency is composited onto white. Deep greyscale is scaled to
+    8 bits first (``to_eight_bit``); premultiplied ``La`` goes through ``LA`` (PIL has no direct conversion)."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = to_eight_bit(image)
+    if image.mode == "La":
+        image = image.convert("LA")
+    if image.has_transparency_data:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -1,7 +1,8 @@
 """The bundle contract: ``manifest.json`` beside the model files, read the same way by Python, Kotlin, Swift and JS.
 
 The manifest is plain JSON (schema: ``runtime/schema/manifest.schema.json``). Loading a bundle checks the schema
-version, the structure this runtime relies on, and the sha256 of every file the manifest lists, so a tampered or
+version, the whole manifest against its schema (``schema_check``, no jsonschema dependency), and the sha256 of every
+file the manifest lists, so a tampered or
 half-copied bundle never runs.
 """
 
@@ -10,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pocketvlm.runtime.errors import BundleError, BundleIntegrityError, BundleVersionError
+from pocketvlm.runtime.schema_check import first_error, load_schema
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -79,7 +82,18 @@ class Bundle:
     def family(self) -> str:
         return str(self.manifest["family"])
 
+    @cached_property
+    def listed(self) -> frozenset[str]:
+        return frozenset(entry["path"] for entry in self.manifest["files"])
+
     def file(self, relative: str) -> Path:
+        """A file the manifest lists (or a listed package directory, e.g. a Core ML ``.mlpackage``), by its path
+        inside the bundle. Any other name is refused: every manifest field that names a file (the tokenizer, the
+        chat template, the golden record) can only reach what the sha256 check covered, never ``../`` or ``/``."""
+        if not isinstance(relative, str) or not (relative in self.listed or any(
+                path.startswith(relative + "/") for path in self.listed)):
+            raise BundleError(f"bundle {self.path} names a file its manifest does not list: {relative!r}",
+                              "re-export the bundle with `pocketvlm export`; never edit a manifest by hand")
         return self.path / relative
 
     def component(self, name: str) -> ComponentSpec:
@@ -131,7 +145,7 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested without end
         raise BundleError(f"{path} is not valid JSON ({exc})", "re-export the bundle with `pocketvlm export`") from exc
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if not isinstance(version, int):
@@ -143,7 +157,11 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
         )
     if version < 1:
         raise BundleVersionError(f"bundle schema version {version} is invalid", "re-export the bundle")
-    _check_structure(manifest, path)
+    problem = first_error(manifest, load_schema("manifest"))
+    if problem is not None:  # wrong types, values out of range, unknown formats: refused here, not deep in a load
+        raise BundleError(f"{path} does not follow the manifest schema: {problem}",
+                          "re-export the bundle with `pocketvlm export`; never edit a manifest by hand")
+    _check_structure(manifest, path)  # what the schema cannot say: paths stay inside the bundle
     return manifest
 
 

@@ -20,6 +20,7 @@ from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.golden import GOLDEN_VERSION, compare
 from pocketvlm.runtime.image import load_image
 from pocketvlm.runtime.manifest import Bundle
+from pocketvlm.runtime.schema_check import first_error, load_schema
 from pocketvlm.runtime.vlm import VisionLanguageModel
 
 
@@ -42,11 +43,16 @@ def read_record(bundle: Bundle) -> dict[str, Any]:
                           "re-export it with this pocketvlm version (every export writes golden.json)")
     try:
         record = json.loads(bundle.file(entry["file"]).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, not JSON, nested without end
         raise BundleError(f"golden record {entry['file']} cannot be read ({exc})", "re-export the bundle") from exc
-    if record.get("golden_version") != GOLDEN_VERSION:
-        raise BundleError(f"golden record version {record.get('golden_version')} is not {GOLDEN_VERSION}",
+    if not isinstance(record, dict) or record.get("golden_version") != GOLDEN_VERSION:
+        version = record.get("golden_version") if isinstance(record, dict) else None
+        raise BundleError(f"golden record version {version} is not {GOLDEN_VERSION}",
                           "use the pocketvlm version that exported the bundle")
+    problem = first_error(record, load_schema("golden"))
+    if problem is not None:
+        raise BundleError(f"golden record {entry['file']} does not follow the golden schema: {problem}",
+                          "re-export the bundle; never edit golden.json by hand")
     return record
 
 

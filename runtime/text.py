@@ -32,6 +32,20 @@ class TextConfig:
                 "pad_token_id": self.pad_token_id, "padding_side": "right", "truncation": True}
 
 
+def check_text(text: object, what: str = "text") -> str:
+    """A ``str`` the tokenizer can take: one that encodes as UTF-8. Lone surrogates arrive from undecodable
+    command-line bytes (Python's surrogateescape) or broken JSON escapes, and ``tokenizers`` rejects them with a
+    bare ``TypeError``."""
+    if not isinstance(text, str):
+        raise InputError(f"the {what} must be text, got {type(text).__name__}", f"pass the {what} as a str")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"the {what} is not valid Unicode (a lone surrogate at character {exc.start})",
+                         f"pass the {what} as UTF-8 text (check the terminal's or file's encoding)") from exc
+    return text
+
+
 class TextTokenizer:
     def __init__(self, path: Path, config: TextConfig) -> None:
         try:
@@ -44,7 +58,7 @@ class TextTokenizer:
 
     def encode_plain(self, text: str) -> list[int]:
         """One already-templated prompt -> ids, no special tokens added (chat templates carry their own)."""
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        return list(self._tok.encode(check_text(text, "prompt"), add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
@@ -57,8 +71,8 @@ class TextTokenizer:
         """Texts -> ``input_ids`` and ``attention_mask`` (int64, [batch, length])."""
         if not texts:
             raise InputError("no text given", "pass at least one non-empty text or label")
-        if not all(isinstance(t, str) for t in texts):
-            raise InputError("texts must be strings", "pass a list of str")
+        for text in texts:
+            check_text(text)
         encodings = self._tok.encode_batch(texts)
         length = self.config.max_length if self.config.padding == "max_length" else max(len(e.ids) for e in encodings)
         ids = np.full((len(texts), length), self.config.pad_token_id, dtype=np.int64)

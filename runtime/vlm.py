@@ -8,16 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jinja2
 import numpy as np
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from pocketvlm.runtime import idefics3, qwen_vl
-from pocketvlm.runtime.backends import Session, open_session
+from pocketvlm.runtime.backends import Session, open_session, turns
 from pocketvlm.runtime.errors import BundleError, InputError
 from pocketvlm.runtime.generation import GenerationConfig, KVCache, Sampler
 from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from pocketvlm.runtime.manifest import Bundle, load_bundle
+from pocketvlm.runtime.template import ChatTemplate
 from pocketvlm.runtime.text import TextConfig, TextTokenizer
 
 if TYPE_CHECKING:
@@ -41,14 +40,14 @@ class VisionLanguageModel:
     def __init__(self, bundle: Bundle, sessions: dict[str, Session], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         manifest = bundle.manifest
         self.bundle, self.sessions, self.max_pixels = bundle, sessions, max_pixels
+        self.turns = turns(sessions.values())  # a request at a time unless every session is reentrant (ONNX)
         self.image_config = manifest["preprocessing"]["image"]
         if self.image_config["kind"] not in ADAPTERS:
             raise BundleError(f"image preprocessing '{self.image_config['kind']}' is not supported by this runtime",
                               "upgrade pocketvlm")
         text_config = TextConfig.from_json(manifest["tokenizer"])
         self.tokenizer = TextTokenizer(bundle.file(text_config.file), text_config)
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        self.template = env.from_string(bundle.file(manifest["chat_template"]).read_text(encoding="utf-8"))
+        self.template = ChatTemplate.from_file(bundle.file(manifest["chat_template"]))
         self.special = manifest["special_tokens"]
         self.adapter = ADAPTERS[self.image_config["kind"]](self.image_config, self.special)
         self.decoder = manifest["decoder"]
@@ -76,11 +75,7 @@ class VisionLanguageModel:
     def render(self, prompt: str, with_image: bool = True) -> str:
         content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
         content.append({"type": "text", "text": prompt})
-        try:
-            return self.template.render(messages=[{"role": "user", "content": content}], add_generation_prompt=True)
-        except jinja2.TemplateError as exc:
-            raise BundleError(f"the bundle's chat template failed: {exc}",
-                              "re-export with a valid chat template") from exc
+        return self.template.render(messages=[{"role": "user", "content": content}], add_generation_prompt=True)
 
     def prepare(self, image: ImageInput | None, prompt: str) -> tuple[np.ndarray, Any]:
         """Prompt + image -> input_ids (image placeholder expanded to the image's token count) and vision inputs.
@@ -116,6 +111,11 @@ class VisionLanguageModel:
         if len(input_ids) + config.max_new_tokens > self.max_context:
             raise InputError(f"prompt of {len(input_ids)} tokens + {config.max_new_tokens} new tokens exceeds the "
                              f"model's context of {self.max_context}", "shorten the prompt or lower --max-new-tokens")
+        with self.turns:  # a decoder that owns its KV cache serves one sequence at a time
+            return self._generate(input_ids, processed, config, on_token, forced)
+
+    def _generate(self, input_ids: np.ndarray, processed: Any, config: GenerationConfig,
+                  on_token: Callable[[int], None] | None, forced: list[int] | None) -> GenerationResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         vision = self.encode_image(processed)

@@ -83,3 +83,54 @@ def test_family_default_processor_used_when_checkpoint_has_none(tmp_path):
     config = spec.tiny_config(image_size=48)
     ours = image_preprocess(tmp_path, default=lambda: spec.default_processor(config))
     assert ours.output_size == (48, 48)
+
+
+# --- faults the fuzz suite (tests/test_fuzz.py) found, pinned ------------------------------------------------------
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("orientation", "transpose"), [(3, Image.Transpose.ROTATE_180),
+                                                        (6, Image.Transpose.ROTATE_270),
+                                                        (8, Image.Transpose.ROTATE_90),
+                                                        (2, Image.Transpose.FLIP_LEFT_RIGHT)])
+def test_exif_orientation_is_applied_as_transformers_and_browsers_do(orientation, transpose):
+    """A phone photo stored sideways with EXIF orientation 6 is seen upright by transformers' load_image, by the
+    web demo's createImageBitmap and by galleries; the runtime used to caption it sideways."""
+    from transformers.image_utils import load_image as hf_load_image
+
+    from pocketvlm.runtime.image import load_image
+
+    stored = Image.fromarray(np.random.default_rng(orientation).integers(0, 255, (30, 50, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encoded(stored, "PNG", exif=exif.tobytes())
+    ours = load_image(data)
+    assert np.array_equal(np.asarray(ours.convert("RGB")), np.asarray(stored.transpose(transpose)))
+    import io
+
+    assert np.array_equal(np.asarray(ours.convert("RGB")), np.asarray(hf_load_image(Image.open(io.BytesIO(data)))))
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    """PIL's convert('RGB') clips 16-bit values at 255 (a 16-bit PNG came out white); browsers scale them."""
+    from pocketvlm.runtime.image import load_image
+
+    eight = np.random.default_rng(1).integers(0, 256, (20, 24), dtype=np.uint8)
+    sixteen = Image.fromarray(eight.astype(np.uint16) * 257)
+    rgb = np.asarray(to_rgb(load_image(_encoded(sixteen, "PNG"))))
+    assert np.array_equal(rgb[..., 0], eight) and np.array_equal(rgb[..., 1], eight)
+
+
+@pytest.mark.parametrize("mode", ["La", "LAB", "RGBa", "I", "F"])
+def test_odd_modes_convert_without_error(mode):
+    base = Image.fromarray(np.random.default_rng(2).integers(0, 255, (9, 11, 3), dtype=np.uint8))
+    image = base.convert("LA").convert("La") if mode == "La" else base.convert("RGBA").convert("RGBa") \
+        if mode == "RGBa" else base.convert(mode)
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and rgb.size == (11, 9)

@@ -41,6 +41,21 @@ SECRET = b"outside the served roots\n"
 BUILD_FIX = "npm --prefix web-demo ci && npm --prefix web-demo run build"
 
 
+# what the manifest schema requires of a dual-encoder bundle beyond its files (the runtime's load checks it)
+SCHEMA_BLOCKS = {
+    "golden": {"file": "golden.json", "image": "golden.png", "golden_version": 1,
+               "stages": ["preprocess", "image_encoder", "text", "text_encoder", "scores"]},
+    "tokenizer": {"file": "tokenizer.json", "max_length": 8, "padding": "longest", "pad_token_id": 0,
+                  "padding_side": "right", "truncation": True},
+    "special_tokens": {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "unk_token_id": 0},
+    "zero_shot": {"activation": "softmax", "logit_scale": 10.0, "logit_bias": None, "prompt_template": "a {}.",
+                  "embed_dim": 4, "normalize": "l2"},
+    "preprocessing": {"image": {"convert_rgb": "alpha_composite_on_white", "resize": {"shortest_edge": 8},
+                                "resample": "bicubic", "center_crop": {"height": 8, "width": 8},
+                                "rescale_factor": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3, "layout": "NCHW"}},
+}
+
+
 def write_bundle(folder: Path, files: dict[str, bytes]) -> Path:
     """A bundle directory whose manifest lists ``files`` (the first is the image_encoder component)."""
     folder.mkdir()
@@ -52,9 +67,10 @@ def write_bundle(folder: Path, files: dict[str, bytes]) -> Path:
     component = {"file": first["path"], "sha256": first["sha256"], "bytes": first["bytes"], "format": "onnx",
                  "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": [1, 3, 8, 8]}],
                  "outputs": [{"name": "image_embeds", "dtype": "float32", "shape": [1, 4]}],
-                 "quantization": {"method": "fp32"}}
-    manifest = {"schema_version": 1, "family": "clip", "target": "onnx", "task": "zero_shot_image_classification",
-                "source": {"config_sha256": "0" * 64}, "components": {"image_encoder": component}, "files": entries}
+                 "quantization": {"method": "fp32"}, "opset": 18}
+    manifest = {"schema_version": 1, "family": "clip", "model_type": "clip", "target": "onnx",
+                "task": "zero_shot_image_classification", "source": {"config_sha256": "0" * 64, "tools": {}},
+                "components": {"image_encoder": component}, "files": entries, **SCHEMA_BLOCKS}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
 
