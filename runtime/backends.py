@@ -6,8 +6,11 @@ inputs to named numpy outputs.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -22,6 +25,9 @@ class Session(Protocol):
     """What the runtime relies on from every backend session (and from stand-ins such as calibration recorders).
 
     ``backend`` says what actually runs the component, for reports (``onnxruntime 1.20.1 CPUExecutionProvider``).
+    ``reentrant``: ONNX Runtime's ``InferenceSession.run`` is thread-safe, so one loaded model serves several threads
+    at once; a LiteRT interpreter, a Core ML predictor and a session that owns a KV cache are not, and the models
+    serialise their calls (``turns``). A session without the attribute counts as not reentrant.
     ``owns_kv_cache``: a decoder that keeps its KV cache itself (LiteRT, Core ML: static capacity, one cache per
     session). Its callers pass no ``past_*`` buffers, only an ``attention_mask`` whose filled slots say how many tokens
     they believe are cached, and ignore ``present_*``; ``reset()`` starts a new sequence. Sessions that do not own a
@@ -32,6 +38,7 @@ class Session(Protocol):
     output_names: tuple[str, ...]
     backend: str
     owns_kv_cache: bool
+    reentrant: bool  # ``run`` may be called from several threads at once (ONNX Runtime's CPU sessions)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -46,6 +53,7 @@ class SessionProxy:
         self.session = session
         self.input_names, self.output_names = session.input_names, session.output_names
         self.backend, self.owns_kv_cache = session.backend, session.owns_kv_cache
+        self.reentrant = getattr(session, "reentrant", False)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.session.run(feeds)
@@ -58,6 +66,7 @@ class OrtSession:
     """An ONNX Runtime inference session over one bundle component."""
 
     owns_kv_cache = False  # a decoder graph reads the caller's past_* buffers and returns the new entries
+    reentrant = True  # InferenceSession.run is thread-safe; each call has its own inputs and outputs
 
     def __init__(self, path: Path, providers: list[str] | None = None, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -85,6 +94,14 @@ class OrtSession:
 
     def reset(self) -> None:
         """Nothing to forget: the caller holds the KV cache."""
+
+
+def turns(sessions: Iterable[Session]) -> AbstractContextManager[Any]:
+    """What a model holds around a request that runs ``sessions``: nothing when every one is reentrant, else one
+    lock, so that threads sharing a LiteRT, Core ML or HTP model take turns instead of corrupting its state."""
+    if all(getattr(session, "reentrant", False) for session in sessions):
+        return nullcontext()
+    return threading.Lock()
 
 
 def open_session(bundle: Bundle, component: str, providers: list[str] | None = None, threads: int = 0,

@@ -42,6 +42,8 @@ class CoreMLSession:
     """One Core ML component: static input shapes and dtypes from the manifest, float32 outputs; encoders loop over
     a batch, the stateful ``text_decoder`` runs calls as prefill / decode chunks over its own KV cache."""
 
+    reentrant = False  # a predictor (and its state) serves one call at a time (models take turns: backends.turns)
+
     def __init__(self, path: Path, component: dict[str, Any], predictor: Predictor | None = None) -> None:
         self.input_names = tuple(t["name"] for t in component["inputs"])
         self.output_names = tuple(t["name"] for t in component["outputs"])

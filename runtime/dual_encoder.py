@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pocketvlm.runtime.backends import Session, open_session
+from pocketvlm.runtime.backends import Session, open_session, turns
 from pocketvlm.runtime.errors import BundleError, InputError
 from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocess, load_image
 from pocketvlm.runtime.manifest import Bundle, load_bundle
@@ -48,6 +48,7 @@ class StagedSession:
 
     def __init__(self, frontend: Session, transformer: Session) -> None:
         self.stages = dict(zip(SPLIT_STAGES, (frontend, transformer), strict=True))
+        self.reentrant = all(getattr(stage, "reentrant", False) for stage in self.stages.values())
         self.input_names = frontend.input_names
         self.output_names = transformer.output_names
         backends = dict.fromkeys((frontend.backend, transformer.backend))
@@ -79,6 +80,7 @@ class DualEncoder:
                                   "use a CLIP or SigLIP bundle for embed/classify")
         self.bundle = bundle
         self.sessions = sessions
+        self.turns = turns(sessions.values())  # one request at a time unless every session is reentrant
         self.max_pixels = max_pixels
         self.preprocess = ImagePreprocess.from_json(manifest["preprocessing"]["image"])
         text_config = TextConfig.from_json(manifest["tokenizer"])
@@ -105,12 +107,14 @@ class DualEncoder:
 
     def image_features(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Unnormalised projected image features, as the model's ``get_image_features``."""
-        session = self.sessions["image_encoder"]
-        return session.run({"pixel_values": self.pixel_values(images)})["image_embeds"]
+        pixels = self.pixel_values(images)
+        with self.turns:
+            return self.sessions["image_encoder"].run({"pixel_values": pixels})["image_embeds"]
 
     def text_features(self, texts: Sequence[str]) -> np.ndarray:
-        session = self.sessions["text_encoder"]
-        return session.run(self.tokenizer.encode(list(texts)))["text_embeds"]
+        feeds = self.tokenizer.encode(list(texts))
+        with self.turns:
+            return self.sessions["text_encoder"].run(feeds)["text_embeds"]
 
     def embed_image(self, images: Sequence[ImageInput]) -> np.ndarray:
         return l2_normalize(self.image_features(images))

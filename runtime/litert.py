@@ -52,6 +52,8 @@ class _Runner:
 class LiteRTSession:
     """A LiteRT interpreter over one bundle component (see the module docstring for the shape adapter)."""
 
+    reentrant = False  # an interpreter's tensors are its own: one call at a time (models take turns: backends.turns)
+
     def __init__(self, path: Path, component: dict[str, Any], threads: int = 0) -> None:
         try:
             from ai_edge_litert.interpreter import Interpreter

@@ -237,6 +237,8 @@ class QnnSession:
     (an encoder's one, or a decoder's ``prefill_N`` and ``decode``). Encoders exported at batch 1 loop over rows;
     a decoder owns its fixed-capacity KV cache (``StaticKVCache``), like the LiteRT and Core ML ones."""
 
+    reentrant = False  # the static KV cache holds state between calls (models take turns: backends.turns)
+
     def __init__(self, bundle_dir: Path, record: dict[str, Any], soc: str | None = None, threads: int = 0) -> None:
         self.soc = chosen_soc(record, soc)
         target = SOCS[self.soc]
