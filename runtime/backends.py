@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from pocketvlm.runtime.errors import BundleError
+from pocketvlm.runtime.errors import BundleError, InferenceError
 from pocketvlm.runtime.manifest import Bundle
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ class OrtSession:
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise BundleError(f"ONNX Runtime cannot load {path.name}: {exc}".splitlines()[0],
                               "re-export the bundle, or upgrade onnxruntime to the version in the manifest") from exc
+        self.name = path.name
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
         self.providers = tuple(self._session.get_providers())
@@ -89,7 +90,12 @@ class OrtSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         used = {name: feeds[name] for name in self.input_names}
-        outputs = self._session.run(list(self.output_names), used)
+        try:
+            outputs = self._session.run(list(self.output_names), used)
+        except Exception as exc:  # ORT raises its own InvalidArgument / Fail / RuntimeException types
+            raise InferenceError(f"ONNX Runtime failed running {self.name}: {str(exc).splitlines()[0][:200]}",
+                                 "check the inputs (token ids within the vocabulary, image sizes the bundle "
+                                 "takes); if they are right, re-export the bundle") from exc
         return dict(zip(self.output_names, outputs))
 
     def reset(self) -> None:

@@ -64,6 +64,10 @@ class ExportError(PocketVLMError):
     """Export of a component failed."""
 
 
+class InferenceError(PocketVLMError):
+    """A backend failed while running a component (out-of-range ids, shapes the graph does not take, ...)."""
+
+
 class InputError(PocketVLMError):
     """A runtime input (labels, text, options) is invalid."""
 

@@ -73,6 +73,7 @@ def compare(expected: dict[str, Any], actual: np.ndarray, max_abs: float | None 
     if list(actual.shape) != list(expected["shape"]):
         return False, float("inf"), 0.0, f"shape {list(actual.shape)} != {expected['shape']}"
     flat = actual.reshape(-1)
+    _check_summary(expected, flat.size)
     if "values" in expected:
         wrong = int(np.count_nonzero(flat.astype(np.int64) != np.asarray(expected["values"], np.int64)))
         return wrong == 0, float(wrong), 0.0, f"{wrong} of {flat.size} values differ"
@@ -87,6 +88,19 @@ def compare(expected: dict[str, Any], actual: np.ndarray, max_abs: float | None 
     else:
         raise BundleError("golden stage has no tolerance", "re-export the bundle")
     return bool(error <= limit), error, limit, f"max error {error:.3g} (limit {limit:.3g})"
+
+
+def _check_summary(expected: dict[str, Any], size: int) -> None:
+    """A summary that cannot describe a tensor of ``size`` elements (an edited record) is the record's fault."""
+    fix = "re-export the bundle; never edit golden.json by hand"
+    if "values" in expected:
+        if len(expected["values"]) != size:
+            raise BundleError(f"golden record holds {len(expected['values'])} values for a tensor of {size}", fix)
+        return
+    index, value = expected["samples"]["index"], expected["samples"]["value"]
+    if len(index) != len(value) or not index or any(not 0 <= i < size for i in index):
+        raise BundleError(f"golden record samples do not fit a tensor of {size} elements "
+                          f"({len(index)} indices, {len(value)} values)", fix)
 
 
 # -- recording ---------------------------------------------------------------------------------------------------------

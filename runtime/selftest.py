@@ -74,6 +74,9 @@ def _teacher_forced(stage: dict[str, Any], logits: list[np.ndarray]) -> tuple[St
     tolerance, worst, near_ties, wrong = stage["tolerance"], 0.0, set(), []
     for step, (expected, actual) in enumerate(zip(stage["steps"], logits, strict=False)):
         ids = np.asarray([i for i, _ in expected["top_k"]], np.int64)
+        if not ids.size or ids.min() < 0 or ids.max() >= actual.size:
+            raise BundleError(f"golden record step {step} names token ids outside the vocabulary of {actual.size}",
+                              "re-export the bundle; never edit golden.json by hand")
         reference = np.asarray([v for _, v in expected["top_k"]], np.float64)
         scale = max(float(np.max(np.abs(reference))), 1e-12)
         worst = max(worst, float(np.max(np.abs(actual[ids] - reference))) / scale)
