@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.serve_fixtures import port, roots  # noqa: F401 (the serve tests' fixtures)
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Sizes used by the tests. "tiny" runs in seconds; "medium" is the acceptance size of the spine issue
