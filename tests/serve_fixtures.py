@@ -9,6 +9,7 @@ import http.client
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -77,10 +78,9 @@ def roots(tmp_path: Path) -> dict[str, Path]:
     return {"tmp": tmp_path, "bundle": bundle, "demo": demo}
 
 
-@pytest.fixture
-def port(roots: dict[str, Path]) -> Iterator[int]:
-    """A server for the fixture bundle and demo on 127.0.0.1, a free port; stopped when the test ends."""
-    server = serve_cmd.make_server(load_bundle(roots["bundle"]), roots["demo"], "127.0.0.1", 0)
+@contextmanager
+def running(server: serve_cmd.BoundedHTTPServer) -> Iterator[int]:
+    """``server`` serving on a thread; its port. Shut down, closed and its thread joined on exit."""
     thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
@@ -89,6 +89,14 @@ def port(roots: dict[str, Path]) -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def port(roots: dict[str, Path]) -> Iterator[int]:
+    """A server for the fixture bundle and demo on 127.0.0.1, a free port; stopped when the test ends."""
+    with running(serve_cmd.make_server(load_bundle(roots["bundle"]), roots["demo"], "127.0.0.1", 0)) as bound:
+        yield bound
 
 
 def fetch(port: int, path: str, method: str = "GET",

@@ -14,8 +14,6 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -24,7 +22,7 @@ from hypothesis import strategies as st
 
 from pocketvlm.cli import serve_cmd
 from pocketvlm.runtime.manifest import load_bundle
-from tests.serve_fixtures import ISOLATION, SECRET, fetch
+from tests.serve_fixtures import ISOLATION, SECRET, fetch, running
 
 
 def accept_queue(port: int) -> int:
@@ -45,19 +43,6 @@ def load_benchmark() -> ModuleType:
 
 
 serve_load = load_benchmark()
-
-
-@contextmanager
-def running(server: serve_cmd.BoundedHTTPServer) -> Iterator[int]:
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
 
 
 def test_load_200_connections_from_a_second_process_every_sha256_intact(roots, port):
