@@ -13,7 +13,7 @@ import numpy as np
 from pocketvlm.runtime.backends import Session, open_session, turns
 from pocketvlm.runtime.errors import BundleError, InputError
 from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocess, load_image
-from pocketvlm.runtime.manifest import Bundle, load_bundle
+from pocketvlm.runtime.manifest import Bundle, load_bundle, reading_fields
 from pocketvlm.runtime.text import TextConfig, TextTokenizer
 
 if TYPE_CHECKING:
@@ -82,12 +82,13 @@ class DualEncoder:
         self.sessions = sessions
         self.turns = turns(sessions.values())  # one request at a time unless every session is reentrant
         self.max_pixels = max_pixels
-        self.preprocess = ImagePreprocess.from_json(manifest["preprocessing"]["image"])
-        text_config = TextConfig.from_json(manifest["tokenizer"])
-        self.tokenizer = TextTokenizer(bundle.file(text_config.file), text_config)
-        zs = manifest["zero_shot"]
-        self.scoring = Scoring(zs["activation"], float(zs["logit_scale"]), float(zs.get("logit_bias") or 0.0),
-                               zs["prompt_template"])
+        with reading_fields(bundle, "dual encoder"):
+            self.preprocess = ImagePreprocess.from_json(manifest["preprocessing"]["image"])
+            text_config = TextConfig.from_json(manifest["tokenizer"])
+            self.tokenizer = TextTokenizer(bundle.file(text_config.file), text_config)
+            zs = manifest["zero_shot"]
+            self.scoring = Scoring(zs["activation"], float(zs["logit_scale"]), float(zs.get("logit_bias") or 0.0),
+                                   zs["prompt_template"])
 
     @classmethod
     def load(cls, path: Path | str | Bundle, providers: list[str] | None = None, threads: int = 0,

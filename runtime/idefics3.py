@@ -78,7 +78,12 @@ class Idefics3Adapter:
     """What the generic VLM loop needs from Idefics3 / SmolVLM: tiled preprocessing, the row/column prompt layout,
     and plain 1-D positions."""
 
+    SPECIAL = ("fake_image_token", "image_token", "global_image_token")  # special tokens this adapter reads
+
     def __init__(self, config: dict[str, Any], special: dict[str, Any]) -> None:
+        missing = [key for key in self.SPECIAL if key not in special]
+        if missing:  # read at load, not at the first request (the VLM's reading_fields names it)
+            raise KeyError(f"special_tokens.{missing[0]}")
         self.config, self.special = config, special
 
     def preprocess(self, image: Image.Image) -> TiledImage:

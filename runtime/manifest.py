@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -107,6 +109,18 @@ class Bundle:
     @property
     def total_bytes(self) -> int:
         return sum(int(f["bytes"]) for f in self.manifest["files"])
+
+
+@contextmanager
+def reading_fields(bundle: Bundle, what: str) -> Iterator[None]:
+    """Around code that reads a model's configuration out of the manifest: a field the schema lets through but the
+    model needs (a block of the other task, a key missing from an open object) is a ``BundleError`` naming it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+        detail = f"field {exc} missing" if isinstance(exc, KeyError) else f"a field is malformed ({exc})"
+        raise BundleError(f"bundle {bundle.path} cannot be read as a {what}: {detail}",
+                          "re-export the bundle with `pocketvlm export`; never edit a manifest by hand") from exc
 
 
 _REQUIRED_TOP = ("schema_version", "family", "target", "source", "components", "files")

@@ -132,7 +132,12 @@ class QwenAdapter:
     """What the generic VLM loop needs from the Qwen families: preprocessing, prompt expansion, vision-encoder feeds
     and M-RoPE positions."""
 
+    SPECIAL = ("image_token", "image_token_id")  # the manifest's special tokens this adapter reads
+
     def __init__(self, config: dict[str, Any], special: dict[str, Any]) -> None:
+        missing = [key for key in self.SPECIAL if key not in special]
+        if missing:  # read at load, not at the first request (the VLM's reading_fields names it)
+            raise KeyError(f"special_tokens.{missing[0]}")
         self.config, self.special = config, special
 
     def preprocess(self, image: Image.Image) -> QwenImage:

@@ -19,7 +19,7 @@ from pocketvlm.runtime.errors import BundleError
 from pocketvlm.runtime.generation import GenerationConfig
 from pocketvlm.runtime.golden import GOLDEN_VERSION, compare
 from pocketvlm.runtime.image import load_image
-from pocketvlm.runtime.manifest import Bundle
+from pocketvlm.runtime.manifest import Bundle, reading_fields
 from pocketvlm.runtime.schema_check import first_error, load_schema
 from pocketvlm.runtime.vlm import VisionLanguageModel
 
@@ -158,7 +158,8 @@ def replay_dual(model: DualEncoder, record: dict[str, Any], image: Any) -> list[
 def selftest(model: VisionLanguageModel | DualEncoder) -> list[StageResult]:
     """Replay the model's bundle's golden record on this runtime."""
     record = read_record(model.bundle)
-    image = load_image(model.bundle.file(record["image"]["file"]))
-    if isinstance(model, VisionLanguageModel):
-        return replay_vlm(model, record, image)
-    return replay_dual(model, record, image)
+    with reading_fields(model.bundle, "golden record replay"):  # a record inconsistent in itself (edited)
+        image = load_image(model.bundle.file(record["image"]["file"]))
+        if isinstance(model, VisionLanguageModel):
+            return replay_vlm(model, record, image)
+        return replay_dual(model, record, image)

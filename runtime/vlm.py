@@ -15,7 +15,7 @@ from pocketvlm.runtime.backends import Session, open_session, turns
 from pocketvlm.runtime.errors import BundleError, InputError
 from pocketvlm.runtime.generation import GenerationConfig, KVCache, Sampler
 from pocketvlm.runtime.image import DEFAULT_MAX_PIXELS, ImageInput, load_image
-from pocketvlm.runtime.manifest import Bundle, load_bundle
+from pocketvlm.runtime.manifest import Bundle, load_bundle, reading_fields
 from pocketvlm.runtime.template import ChatTemplate
 from pocketvlm.runtime.text import TextConfig, TextTokenizer
 
@@ -41,18 +41,19 @@ class VisionLanguageModel:
         manifest = bundle.manifest
         self.bundle, self.sessions, self.max_pixels = bundle, sessions, max_pixels
         self.turns = turns(sessions.values())  # a request at a time unless every session is reentrant (ONNX)
-        self.image_config = manifest["preprocessing"]["image"]
-        if self.image_config["kind"] not in ADAPTERS:
-            raise BundleError(f"image preprocessing '{self.image_config['kind']}' is not supported by this runtime",
-                              "upgrade pocketvlm")
-        text_config = TextConfig.from_json(manifest["tokenizer"])
-        self.tokenizer = TextTokenizer(bundle.file(text_config.file), text_config)
-        self.template = ChatTemplate.from_file(bundle.file(manifest["chat_template"]))
-        self.special = manifest["special_tokens"]
-        self.adapter = ADAPTERS[self.image_config["kind"]](self.image_config, self.special)
-        self.decoder = manifest["decoder"]
-        self.eos_ids = set(manifest["generation"]["eos_token_ids"])
-        self.max_context = int(manifest["generation"]["max_context"])
+        with reading_fields(bundle, "VLM"):
+            self.image_config = manifest["preprocessing"]["image"]
+            if self.image_config["kind"] not in ADAPTERS:
+                raise BundleError(f"image preprocessing '{self.image_config['kind']}' is not supported by this runtime",
+                                  "upgrade pocketvlm")
+            text_config = TextConfig.from_json(manifest["tokenizer"])
+            self.tokenizer = TextTokenizer(bundle.file(text_config.file), text_config)
+            self.template = ChatTemplate.from_file(bundle.file(manifest["chat_template"]))
+            self.special = manifest["special_tokens"]
+            self.adapter = ADAPTERS[self.image_config["kind"]](self.image_config, self.special)
+            self.decoder = manifest["decoder"]
+            self.eos_ids = set(manifest["generation"]["eos_token_ids"])
+            self.max_context = int(manifest["generation"]["max_context"])
 
     @classmethod
     def load(cls, path: Path | str | Bundle, providers: dict[str, list[str]] | None = None, threads: int = 0,
