@@ -87,7 +87,7 @@ def mutated(draw: st.DrawFn, document: Any, max_edits: int = 3) -> tuple[Any, li
 # --- image bytes ------------------------------------------------------------------------------------------------------
 
 MODES = ["RGB", "L", "1", "P", "LA", "PA", "RGBA", "I;16", "I", "F", "CMYK", "YCbCr", "RGBa", "La", "LAB", "HSV"]
-FORMATS = {"PNG": ("RGB", "L", "1", "P", "LA", "RGBA", "I;16", "I"), "JPEG": ("RGB", "L", "CMYK"),
+FORMATS = {"PNG": ("RGB", "L", "1", "P", "LA", "RGBA", "I;16"), "JPEG": ("RGB", "L", "CMYK"),
            "GIF": ("P", "L"), "WEBP": ("RGB", "RGBA"), "BMP": ("RGB", "L", "P", "1"),
            "TIFF": ("RGB", "L", "CMYK", "I;16", "F", "LAB", "YCbCr", "RGBA", "I")}
 
