@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -180,13 +179,10 @@ def _budgeted() -> Iterator[_Budget]:
 class ChatTemplate:
     """A bundle's chat template, compiled once, rendered with bounds."""
 
-    _lock = threading.Lock()  # compilation touches the environment's shared cache
-
     def __init__(self, source: str, name: str = "chat template") -> None:
         self.name = name
-        try:
-            with self._lock:
-                self._template = BoundedEnvironment().from_string(source)
+        try:  # an environment of its own: nothing shared between templates or threads
+            self._template = BoundedEnvironment().from_string(source)
         except (jinja2.TemplateError, RecursionError, MemoryError, ValueError) as exc:
             raise BundleError(f"the bundle's {name} does not compile: {_short(exc)}", FIX) from exc
 
