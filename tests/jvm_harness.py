@@ -171,3 +171,22 @@ def compile_ort_backend() -> Path:
         kotlinc([engine, classes], _sources(ORT_BACKEND_SRC), out / "backend-ort.jar")
 
     return _locked_build("backend-ort", _digest(ENGINE_SRC, ORT_BACKEND_SRC), build) / "backend-ort.jar"
+
+
+FOUNDATION = ("Errors.kt", "Json.kt", "Tensor.kt", "Manifest.kt")
+
+
+def check_subset(main_files: list[str], test_files: list[str], fixtures: Path, out: Path,
+                 select: str = "dev.pocketvlm.engine") -> JUnitReport:
+    """For work on one part of the engine while other parts are being written: the foundation files plus
+    ``main_files`` (names under engine/src/main/kotlin/dev/pocketvlm/engine/) and ``test_files`` (under
+    engine/src/test/...), compiled into ``out`` and run."""
+    package = Path("dev") / "pocketvlm" / "engine"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    main = [ENGINE_SRC / package / name for name in dict.fromkeys([*FOUNDATION, *main_files])]
+    kotlinc([], main, out / "engine.jar")
+    tests = [ENGINE_TESTS / package / name for name in test_files]
+    kotlinc([out / "engine.jar", kotlin_lib("kotlin-test.jar"), kotlin_lib("kotlin-test-junit5.jar"), _need(JUNIT)],
+            tests, out / "tests.jar")
+    return run_junit(EngineBuild(out / "engine.jar", out / "tests.jar"), fixtures, out / "reports", select)
