@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from pocketvlm.export.app_block import write_app_block
 from pocketvlm.export.bundle_writer import (
     PENDING_MANIFEST,
     Progress,
@@ -109,6 +110,9 @@ def _write(target: Target, checkpoint: Checkpoint, family: FamilySpec, component
                              calibration, scratch)
         shutil.rmtree(scratch, ignore_errors=True)
         for staging, manifest in zip(stagings, manifests, strict=True):
+            skipped = write_app_block(staging, manifest)
+            if skipped:
+                say(skipped)
             say(f"recording the golden record (the runtime's run of {staging.name.split('.partial-')[0][1:]})")
             write_golden(staging, manifest, family, target)
             (staging / PENDING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

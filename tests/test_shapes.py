@@ -22,6 +22,7 @@ from pocketvlm.demo.shapes.evaluate import (
 )
 from pocketvlm.export.loop import export_bundles
 from pocketvlm.export.quant.config import QuantConfig
+from tests.app_checks import assert_app_block_matches_runtime
 
 
 def test_labels_come_from_the_package_and_agree_with_every_question():
@@ -78,7 +79,7 @@ def captioner_bundle(tmp_path_factory):
     return checkpoint, export_bundles(checkpoint, [(root / "fp32", QuantConfig.parse("fp32"))])[0]
 
 
-def test_captioner_uses_the_real_smollm2_and_captions_like_pytorch(captioner_bundle):
+def test_captioner_uses_the_real_smollm2_and_captions_like_pytorch(captioner_bundle, photos):
     checkpoint, bundle = captioner_bundle
     model, tokenizer = captioner.build_captioner()
     lm, _ = captioner.load_smollm2()
@@ -91,6 +92,8 @@ def test_captioner_uses_the_real_smollm2_and_captions_like_pytorch(captioner_bun
     assert sum(caption_correct(text, s) for text, s in zip(said, samples, strict=True)) >= 5, said
     question = samples[0].questions[0]
     assert onnx_side.answer(samples[0], question.text) == torch_side.answer(samples[0], question.text)
+    # the Android app's prompt: without image splitting the layout is fixed, so the exporter resolves it
+    assert_app_block_matches_runtime(bundle, photos)
 
 
 def test_demo_exports_once_and_reuses_its_bundles(clip_demo, monkeypatch):

@@ -19,6 +19,7 @@ from pocketvlm.export.verify.vlm_parity import vlm_parity
 from pocketvlm.runtime import errors
 from pocketvlm.runtime.manifest import load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
+from tests.app_checks import assert_app_block_matches_runtime
 from tests.cases import DUAL_ENCODERS, VLM_FAMILIES
 from tests.test_vlm import assert_passes, two_sizes
 
@@ -60,6 +61,12 @@ def test_vlm_fp32_greedy_equals_pytorch_through_prefill_and_decode(workspace, ph
         assert len(row["greedy"]["reference"]) == 16
         assert len(set(row["greedy"]["reference"])) > 3
     assert_passes(report)
+    # the phone's prompt: ids around the user's text and positions resolved by the exporter (the Qwen grid is fixed;
+    # the tiny Idefics3 splits images, so its layout depends on the image and it gets no app block)
+    if family == "idefics3":
+        assert "app" not in load_bundle(bundle_dir).manifest
+    else:
+        assert_app_block_matches_runtime(bundle_dir, photos)
 
 
 @pytest.mark.parametrize(("family", "quant"), [("qwen2_vl", "int8"), ("qwen2_vl", "int4"), ("idefics3", "int4")])
