@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -28,40 +30,62 @@ SIZES = {
 
 
 class Workspace:
-    def __init__(self, root: Path) -> None:
+    """Checkpoints (per worker: cheap) and exported bundles (shared by the pytest-xdist workers: costly).
+
+    A bundle is keyed by what it is made of: the checkpoint's content (config and weights hash, so sizes that build
+    the same model, e.g. "tiny" and "varied" for the VLMs, share their exports), target, quant and options. Bundles
+    live in ``shared`` (the directory every worker's temporary root sits in) under a lock per checkpoint and target:
+    the first worker to ask exports, the others wait and reuse it. Tests must not edit a cached bundle in place (they
+    copy it first, as the tamper tests do)."""
+
+    def __init__(self, root: Path, shared: Path | None = None) -> None:
         self.root = root
-        self._checkpoints: dict[tuple[str, str], Path] = {}
+        self.shared = shared or root
+        self._checkpoints: dict[tuple[str, str], tuple[Path, str]] = {}
         self._bundles: dict[tuple, Any] = {}
 
-    def checkpoint(self, family: str, size: str = "tiny") -> Path:
+    def _checkpoint(self, family: str, size: str) -> tuple[Path, str]:
         from pocketvlm.export.synthetic import build_checkpoint
 
         key = (family, size)
         if key not in self._checkpoints:
-            self._checkpoints[key] = build_checkpoint(family, self.root / f"ckpt-{family}-{size}", seed=0,
-                                                      **SIZES[size])
+            path = build_checkpoint(family, self.root / f"ckpt-{family}-{size}", seed=0, **SIZES[size])
+            digest = hashlib.sha256()
+            for name in ("config.json", "model.safetensors"):
+                digest.update(hashlib.sha256((path / name).read_bytes()).digest())
+            self._checkpoints[key] = (path, digest.hexdigest()[:12])
         return self._checkpoints[key]
+
+    def checkpoint(self, family: str, size: str = "tiny") -> Path:
+        return self._checkpoint(family, size)[0]
 
     def bundle(self, family: str, quant: str = "fp32", size: str = "tiny", target: str = "onnx",
                **options: Any) -> Path:
-        """The bundle of (family, size) at ``quant`` on ``target``, exported once per session. A quantized method
+        """The bundle of (family, size) at ``quant`` on ``target``, exported once per suite run. A quantized method
         brings its group (``GROUPS``) along: one load and one conversion serve every bundle of the group that the
         suite asks for, instead of one conversion per bundle. ``options`` (static ``shapes``, Core ML ``isolate``)
         go to ``export_bundles`` and are part of the key."""
         from pocketvlm.export.loop import export_bundles
         from pocketvlm.export.quant.config import QuantConfig
 
-        def key(q: str) -> tuple:
-            return (target, family, size, q, tuple(sorted(options.items())))
+        checkpoint, content = self._checkpoint(family, size)
+        made_of = f"{target}-{family}-{content}-" + hashlib.sha256(repr(sorted(options.items())).encode()).hexdigest()[
+            :8]
 
-        if key(quant) not in self._bundles:
-            group = GROUPS.get(target, ()) if size in GROUPED_SIZES else ()
-            quants = [quant] + [q for q in group if quant in group and q != quant and key(q) not in self._bundles]
-            serial = len(self._bundles)  # options differ between otherwise equal bundles: directories never clash
-            outs = [(self.root / f"bundle-{target}-{family}-{size}-{q}-{serial}", QuantConfig.parse(q)) for q in quants]
-            made = export_bundles(self.checkpoint(family, size), outs, target=target, **options)
-            self._bundles.update({key(q): path for q, path in zip(quants, made, strict=True)})
-        return self._bundles[key(quant)]
+        def path(q: str) -> Path:
+            return self.shared / f"bundle-{made_of}-{q}"
+
+        if quant not in self._bundles.setdefault(made_of, {}):
+            with open(self.shared / f".{made_of}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be exporting this checkpoint for this target
+                if not (path(quant) / "manifest.json").exists():
+                    group = GROUPS.get(target, ()) if size in GROUPED_SIZES else ()
+                    quants = [quant] + [q for q in group if quant in group and q != quant
+                                        and not (path(q) / "manifest.json").exists()]
+                    export_bundles(checkpoint, [(path(q), QuantConfig.parse(q)) for q in quants], target=target,
+                                   **options)
+            self._bundles[made_of][quant] = path(quant)
+        return self._bundles[made_of][quant]
 
 
 # Quantized methods exported together when the suite asks for one of them (the sizes the quantization tests use)
@@ -98,7 +122,11 @@ def manifests_validate_against_the_schema() -> None:
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return Workspace(tmp_path_factory.mktemp("pocketvlm"))
+    # under xdist each worker's base temp is <run>/popen-gwN: the bundles go to <run>/bundles, shared by the workers
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "bundles"
+    shared.mkdir(exist_ok=True)
+    return Workspace(tmp_path_factory.mktemp("pocketvlm"), shared)
 
 
 @pytest.fixture(scope="session")
