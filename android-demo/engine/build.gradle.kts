@@ -1,0 +1,25 @@
+// The engine core: pure Kotlin/JVM (no android.*), shared by both backends and the app. Its JUnit tests compare it
+// with the Python runtime through fixtures the Python side writes (tests/jvm_fixtures); point them at a directory
+// of written fixtures with -Ppocketvlm.fixtures=DIR (or POCKETVLM_FIXTURES). The project's CI runs the same tests
+// without Gradle (tests/test_android.py through tests/jvm_harness.py).
+plugins {
+    alias(libs.plugins.kotlin.jvm)
+}
+
+kotlin {
+    jvmToolchain(17)
+}
+
+dependencies {
+    testImplementation(libs.kotlin.test.junit5)
+    testImplementation(platform(libs.junit.bom))
+    testRuntimeOnly(libs.junit.jupiter.engine)
+    testRuntimeOnly(libs.junit.platform.launcher)
+}
+
+tasks.test {
+    useJUnitPlatform()
+    jvmArgs("-Xss8m")
+    val fixtures = providers.gradleProperty("pocketvlm.fixtures").orElse(providers.environmentVariable("POCKETVLM_FIXTURES"))
+    if (fixtures.isPresent) systemProperty("pocketvlm.fixtures", fixtures.get())
+}
