@@ -6,8 +6,16 @@ plugins {
     alias(libs.plugins.kotlin.jvm)
 }
 
+// Java 17 bytecode from whatever JDK (17 or newer) runs Gradle; no toolchain download
+java {
+    sourceCompatibility = JavaVersion.VERSION_17
+    targetCompatibility = JavaVersion.VERSION_17
+}
+
 kotlin {
-    jvmToolchain(17)
+    compilerOptions {
+        jvmTarget.set(org.jetbrains.kotlin.gradle.dsl.JvmTarget.JVM_17)
+    }
 }
 
 dependencies {
