@@ -90,16 +90,17 @@ class ChatActivity : ComponentActivity() {
         busy(true)
         stats.text = "decoding the photo…"
         val context = applicationContext
-        app.host.submit({ Images.fromUri(context, uri) }) { outcome ->
+        app.host.submit({ Images.fromUri(context, uri).let { it to Images.preview(it) } }) { outcome ->
             busy(false)
             when (outcome) {
                 is Outcome.Failed -> stats.text = outcome.line
                 is Outcome.Done -> {
-                    photo = outcome.value
+                    val (decoded, bitmap) = outcome.value
+                    photo = decoded
                     vision = null
                     imageEmbeds = null
-                    preview.setImageBitmap(Images.preview(outcome.value))
-                    stats.text = "${outcome.value.width}x${outcome.value.height}"
+                    preview.setImageBitmap(bitmap)
+                    stats.text = "${decoded.width}x${decoded.height}"
                 }
             }
         }
