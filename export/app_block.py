@@ -5,10 +5,12 @@ QNN targets).
 With it an app needs no chat template engine, no image-size logic and no M-RoPE code: it tokenizes the user's text
 and concatenates ids the exporter wrote.
 
-- ``prompt``: the rendered chat template as token ids before and after the user's text, with the image placeholder
-  already expanded to the fixed image's tokens (``image``), and the same without an image (``text_only``). The split is
-  only exact when the user's text is tokenized on its own; that holds when the template puts a special (added)
-  token on both sides of it, and is checked here on probe prompts: where it does not hold, no block is written.
+- ``prompt``: the rendered chat template cut around the user's text at the nearest added (special) tokens on either
+  side: token ids ``before`` (the image placeholder already expanded to the fixed image's tokens, for ``image``) and
+  ``after``, and the plain text between them and the user's text (``text_prefix``, ``text_suffix``, often empty; e.g.
+  ``"user\n"`` where a template writes a newline before the text). The app tokenizes ``text_prefix + text +
+  text_suffix`` in one piece and concatenates: exact, because a tokenizer splits its input at added tokens before
+  anything else. Checked on probe prompts; where it does not hold, no block is written.
 - ``positions``: the ``before`` tokens' positions (a ``[3, n]`` table for M-RoPE, ``[1, n]`` else), and ``delta``:
   every later token at sequence index i, decode steps included, is at ``i + delta`` on every axis (checked on the
   probes, as is ``i`` for text-only prompts).
@@ -70,15 +72,20 @@ def write_app_block(staging: Path, manifest: dict[str, Any]) -> str | None:
         out = template.render(messages=[{"role": "user", "content": content}], add_generation_prompt=True)
         return adapter.expand(out, processed) if with_image else out
 
+    added = _added_tokens(staging / manifest["tokenizer"]["file"])
     slots, positions = {}, None
     for key, with_image in (("image", True), ("text_only", False)):
         parts = rendered(MARKER, with_image).split(MARKER)
         if len(parts) != 2:
             return f"no app block: the chat template places the user's text {len(parts) - 1} times"
-        before, after = (tokenizer.encode_plain(p) for p in parts)
+        cut = max((parts[0].rfind(t) + len(t) for t in added if t in parts[0]), default=0)
+        ends = [parts[1].find(t) for t in added if t in parts[1]]
+        start = min(ends, default=len(parts[1]))
+        prefix, suffix = parts[0][cut:], parts[1][:start]
+        before, after = tokenizer.encode_plain(parts[0][:cut]), tokenizer.encode_plain(parts[1][start:])
         for probe in PROBES:
             whole = tokenizer.encode_plain(rendered(probe, with_image))
-            if whole != before + tokenizer.encode_plain(probe) + after:
+            if whole != before + tokenizer.encode_plain(prefix + probe + suffix) + after:
                 return ("no app block: the user's text does not tokenize on its own in this chat template (it is not "
                         "between special tokens), so the app could not build prompt ids by concatenation")
             table, delta = adapter.positions(np.asarray(whole, np.int64), processed if with_image else None)
@@ -88,7 +95,7 @@ def write_app_block(staging: Path, manifest: dict[str, Any]) -> str | None:
                 return "no app block: positions after the image are not sequential (the app's position rule)"
             if with_image and positions is None:
                 positions = {"before": table[:, : len(before)].tolist(), "delta": int(delta)}
-        slots[key] = {"before": before, "after": after}
+        slots[key] = {"before": before, "text_prefix": prefix, "text_suffix": suffix, "after": after}
     image_token = int(manifest["special_tokens"]["image_token_id"])
     block: dict[str, Any] = {
         "image": {"height": size[0], "width": size[1]},
@@ -105,6 +112,13 @@ def write_app_block(staging: Path, manifest: dict[str, Any]) -> str | None:
                                    key=lambda e: e["path"])
     manifest["app"] = block
     return None
+
+
+def _added_tokens(path: Path) -> list[str]:
+    """The tokenizer's added tokens (the strings it splits its input at before anything else)."""
+    import json
+
+    return [t["content"] for t in json.loads(path.read_text(encoding="utf-8")).get("added_tokens", []) if t["content"]]
 
 
 def _vision_feeds(staging: Path, manifest: dict[str, Any], feeds: dict[str, np.ndarray]) -> dict[str, Any] | None:

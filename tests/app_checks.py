@@ -20,7 +20,8 @@ def app_prompt(manifest: dict, model: VisionLanguageModel, text: str, with_image
     """What the app builds: ids by concatenation, positions by the block's rule ([axes, n])."""
     app = manifest["app"]
     slots = app["prompt"]["image" if with_image else "text_only"]
-    ids = slots["before"] + model.tokenizer.encode_plain(text) + slots["after"]
+    ids = slots["before"] + model.tokenizer.encode_plain(slots["text_prefix"] + text + slots["text_suffix"]) + \
+        slots["after"]
     axes = 3 if manifest["decoder"]["position_ids"] == "mrope" else 1
     if not with_image:
         return ids, np.broadcast_to(np.arange(len(ids)), (axes, len(ids)))
@@ -43,8 +44,8 @@ def assert_app_block_matches_runtime(bundle_dir: Path, photos: dict) -> None:
             np.testing.assert_array_equal(app_positions, positions.reshape(-1, len(ids)))
             if image is not None:
                 assert delta == manifest["app"]["positions"]["delta"]
-                assert int((ids == manifest["special_tokens"]["image_token_id"]).sum()) == \
-                    manifest["app"]["image_tokens"]
+    ids, _ = model.prepare(images[0], "x")
+    assert int((ids == manifest["special_tokens"]["image_token_id"]).sum()) == manifest["app"]["image_tokens"]
     feeds = manifest["app"].get("vision_feeds")
     for image in images:
         expected = model.adapter.vision_feeds(model.adapter.preprocess(image))

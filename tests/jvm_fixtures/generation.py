@@ -402,21 +402,26 @@ def refusals() -> list[dict[str, Any]]:
 # -- prompt -----------------------------------------------------------------------------------------------------------
 def prompt_cases() -> list[dict[str, Any]]:
     """App blocks as export/app_block.py writes them, and the ids / positions the runtime computes for whole prompts."""
-    texts = {"What is this?": [20, 21, 22], "x": [23]}
-    layouts = {"mrope": ([1, 2, 4] + [5] * 6 + [6], [1, 2], [8, 9, 10]),
-               "1d": ([1, 2] + [5] * 9 + [3], [1, 2], [8, 9])}
+    # the test tokenizer: a text -> ids table; the 1-D layout's text-only slot has plain text before and after the
+    # user's (text_prefix / text_suffix, as a template writing "user\n" before it gets), tokenized with it in one piece
+    texts = {"What is this?": [20, 21, 22], "x": [23], "user\nWhat is this?.": [30, 20, 21, 22, 31], "user\nx.": [32]}
+    layouts = {"mrope": ([1, 2, 4] + [5] * 6 + [6], [1, 2], [8, 9, 10], ""),
+               "1d": ([1, 2] + [5] * 9 + [3], [1, 2], [8, 9], "user\n")}
     cases = []
-    for kind, (before, text_before, after) in layouts.items():
+    for kind, (before, text_before, after, prefix) in layouts.items():
         mrope = kind == "mrope"
+        suffix = "." if prefix else ""
         table, delta = prompt_positions(before + texts["x"] + after, mrope, True, 5)
         app = {"image": {"height": 56, "width": 84}, "image_tokens": before.count(5),
-               "prompt": {"image": {"before": before, "after": after},
-                          "text_only": {"before": text_before, "after": after}},
+               "prompt": {"image": {"before": before, "text_prefix": "", "text_suffix": "", "after": after},
+                          "text_only": {"before": text_before, "text_prefix": prefix, "text_suffix": suffix,
+                                        "after": after}},
                "positions": {"before": table.reshape(-1, table.shape[-1])[:, : len(before)].tolist(),
                              "delta": int(delta)}}
         expected = []
-        for text, ids in texts.items():
+        for text in ("What is this?", "x"):
             for with_image in (True, False):
+                ids = texts[text] if with_image else texts[prefix + text + suffix]
                 whole = (before if with_image else text_before) + ids + after
                 positions, d = prompt_positions(whole, mrope, with_image, 5)
                 expected.append({"text": text, "with_image": with_image, "ids": whole, "positions": tensor(positions),

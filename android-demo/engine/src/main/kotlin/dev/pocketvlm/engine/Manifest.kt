@@ -169,9 +169,16 @@ class AppSpec(node: JsonNode, positionKind: String) {
     val visionFeeds: VisionFeeds? = node.opt("vision_feeds")?.let { VisionFeeds(it) }
 }
 
-/** The prompt's token ids before and after the user's text (image tokens expanded inside [before]). */
+/**
+ * The prompt around the user's text, cut at the nearest added (special) tokens on either side: token ids [before]
+ * (image tokens expanded inside) and [after], and the plain text between them and the user's ([textPrefix],
+ * [textSuffix]; often empty, e.g. "user\n" where the template writes a newline before the text). The app tokenizes
+ * `textPrefix + text + textSuffix` in one piece: exact, as a tokenizer splits at added tokens before anything else.
+ */
 class PromptSlots(node: JsonNode) {
     val before: LongArray = node["before"].longs()
+    val textPrefix: String = node["text_prefix"].string()
+    val textSuffix: String = node["text_suffix"].string()
     val after: LongArray = node["after"].longs()
 }
 

@@ -26,8 +26,8 @@ class Prompt(val ids: LongArray, val positions: Tensor.I64, val delta: Long) {
 
 /**
  * Prompts from the manifest's `app` block (see [AppSpec]): the exporter's token ids before and after the user's
- * text around [encode] (the tokenizer's plain encoding of the text alone), and the positions it resolved, so the app
- * needs no chat template and no M-RoPE code.
+ * text around [encode] (the tokenizer's plain encoding of the text with the slot's plain-text prefix and suffix:
+ * [PromptSlots]), and the positions it resolved, so the app needs no chat template and no M-RoPE code.
  */
 class PromptBuilder(private val app: AppSpec, private val encode: (String) -> LongArray) {
     private val axes = if (app.positions.kind == "mrope") 3 else 1
@@ -46,7 +46,7 @@ class PromptBuilder(private val app: AppSpec, private val encode: (String) -> Lo
     fun build(text: String, withImage: Boolean): Prompt {
         if (text.isBlank()) throw InputError("the prompt is empty", "pass a question or instruction")
         val slots = if (withImage) app.withImage else app.textOnly
-        val ids = slots.before + encode(text) + slots.after
+        val ids = slots.before + encode(slots.textPrefix + text + slots.textSuffix) + slots.after
         val n = ids.size
         val delta = if (withImage) app.positions.delta else 0L
         val table = if (withImage) app.positions.before else emptyArray()
