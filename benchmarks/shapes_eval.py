@@ -69,7 +69,9 @@ def stale_bundles(plan: dict[str, Path], recipes: dict[str, Any], checkpoint: Pa
     for quant, out in plan.items():
         try:
             manifest = load_bundle(out).manifest
-            if manifest["source"]["weights_sha256"] == weights and manifest["quantization"] == recipes[quant].to_json():
+            app_ready = manifest.get("task") != "image_text_to_text" or "app" in manifest  # older VLM bundles
+            if (manifest["source"]["weights_sha256"] == weights and manifest["quantization"] == recipes[quant].to_json()
+                    and app_ready):
                 continue
         except BundleError:
             pass

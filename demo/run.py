@@ -89,6 +89,7 @@ def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[d
         try:
             manifest = load_bundle(out).manifest
             if ("golden" in manifest  # bundles exported before golden records are re-exported
+                    and ("app" in manifest or manifest.get("task") != "image_text_to_text")  # or the app block
                     and manifest["source"]["config_sha256"] == source.config_sha256
                     and manifest["source"]["weights_sha256"] == weights
                     and manifest["quantization"] == model.quants[quant].to_json()):
