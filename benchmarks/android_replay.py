@@ -79,10 +79,11 @@ def main() -> None:
     args = parser.parse_args()
     cache = args.cache or default_cache()
     targets = set(args.targets.split(","))
+    found = {name: bundles(cache, name, targets) for name in args.models.split(",")}  # exports first: the long part
     build = jvm_harness.engine_build()
     rows = []
-    for name in args.models.split(","):
-        for key, bundle in bundles(cache, name, targets).items():
+    for name, made in found.items():
+        for key, bundle in made.items():
             say(f"replaying {bundle.name} through the Kotlin engine")
             rows.append({"model": name, "variant": key, **replay(build, bundle)})
             status = {s["name"]: s["status"] for s in rows[-1].get("replay", {}).get("stages", [])}
