@@ -2,8 +2,9 @@
 
 `android-demo/tools` pins JetBrains' Kotlin compiler (npm `kotlin-compiler`) and ONNX Runtime's Android AAR (npm
 `com.github.asus4.onnxruntime`); Debian's `junit5` brings the JUnit console launcher (`.ci/run` installs all three).
-The engine core and its tests are compiled once per source hash into `android-demo/build/jvm/<hash>/` (shared by the
-pytest-xdist workers under a lock), then run by the console launcher with the Python side's fixtures. A missing
+The engine core, its desktop tools (`engine/src/tools`: the golden replay, which reads PNGs with javax.imageio) and its
+tests are compiled once per source hash into `android-demo/build/jvm/<hash>/` (shared by the pytest-xdist workers
+under a lock), then run by the console launcher with the Python side's fixtures. A missing
 tool is a test failure naming the install command, never a skip: these tests are part of the suite.
 """
 
@@ -25,8 +26,13 @@ KOTLIN = TOOLS / "kotlin-compiler"
 AAR = TOOLS / "com.github.asus4.onnxruntime" / "Plugins" / "Android" / "onnxruntime.aar"
 JUNIT = Path("/usr/share/java/junit-platform-console-standalone.jar")
 ENGINE_SRC = ANDROID / "engine" / "src" / "main" / "kotlin"
+ENGINE_TOOLS = ANDROID / "engine" / "src" / "tools" / "kotlin"
 ENGINE_TESTS = ANDROID / "engine" / "src" / "test" / "kotlin"
 ORT_BACKEND_SRC = ANDROID / "backend-ort" / "src" / "main" / "kotlin"
+APP_MODEL_SRC = ANDROID / "app" / "src" / "main" / "kotlin" / "dev" / "pocketvlm" / "demo" / "model"
+# what the engine core and the app's model code must not import: Android's API, and the desktop's image decoding
+ANDROID_ONLY = ("android.", "androidx.")
+DESKTOP_ONLY = ("javax.imageio.", "java.awt.")
 INSTALL = ("npm --prefix android-demo/tools ci && apt-get install -y junit5 (as .ci/run does)")
 
 
@@ -51,6 +57,23 @@ def _digest(*roots: Path) -> str:
             h.update(str(path.relative_to(ANDROID)).encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def imports_of(root: Path, prefixes: tuple[str, ...]) -> list[str]:
+    """``file:line: import ...`` for each import under ``root`` that starts with one of ``prefixes``."""
+    found = []
+    for path in _sources(root):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            words = line.split()
+            if len(words) >= 2 and words[0] == "import" and words[1].startswith(prefixes):
+                found.append(f"{path.relative_to(ANDROID)}:{number}: {line.strip()}")
+    return found
+
+
+def _refuse_imports(root: Path, prefixes: tuple[str, ...], why: str) -> None:
+    found = imports_of(root, prefixes)
+    if found:
+        raise AssertionError(f"{root.relative_to(ANDROID)} {why}:\n" + "\n".join(found))
 
 
 def kotlinc(classpath: list[Path], sources: list[Path], out: Path) -> None:
@@ -87,26 +110,31 @@ def kotlin_lib(name: str) -> Path:
 
 @dataclass(frozen=True)
 class EngineBuild:
-    engine: Path  # engine core classes (jar)
+    engine: Path  # engine core classes (jar): what the backends and the app depend on
     tests: Path  # the JVM tests (jar)
+    tools: Path | None = None  # the desktop tools (jar: dev.pocketvlm.engine.cli), built on the core
 
     @property
     def runtime_classpath(self) -> list[Path]:
-        return [self.engine, self.tests, kotlin_lib("kotlin-stdlib.jar"), kotlin_lib("kotlin-test.jar"),
+        tools = [self.tools] if self.tools else []
+        return [self.engine, *tools, self.tests, kotlin_lib("kotlin-stdlib.jar"), kotlin_lib("kotlin-test.jar"),
                 kotlin_lib("kotlin-test-junit5.jar")]
 
 
 def engine_build() -> EngineBuild:
-    """The engine core and its tests, compiled (cached per source hash)."""
+    """The engine core, its tools and its tests, compiled (cached per source hash). The core is compiled alone, so a
+    use of the tools from it fails here; an Android or javax.imageio import in it is refused first."""
+    _refuse_imports(ENGINE_SRC, ANDROID_ONLY + DESKTOP_ONLY, "imports what the Android engine core must not")
 
     def build(out: Path) -> None:
         kotlinc([], _sources(ENGINE_SRC), out / "engine.jar")
-        test_cp = [out / "engine.jar", kotlin_lib("kotlin-test.jar"), kotlin_lib("kotlin-test-junit5.jar"),
-                   _need(JUNIT)]
+        kotlinc([out / "engine.jar"], _sources(ENGINE_TOOLS), out / "tools.jar")
+        test_cp = [out / "engine.jar", out / "tools.jar", kotlin_lib("kotlin-test.jar"),
+                   kotlin_lib("kotlin-test-junit5.jar"), _need(JUNIT)]
         kotlinc(test_cp, _sources(ENGINE_TESTS), out / "tests.jar")
 
-    done = _locked_build("engine", _digest(ENGINE_SRC, ENGINE_TESTS), build)
-    return EngineBuild(done / "engine.jar", done / "tests.jar")
+    done = _locked_build("engine", _digest(ENGINE_SRC, ENGINE_TOOLS, ENGINE_TESTS), build)
+    return EngineBuild(done / "engine.jar", done / "tests.jar", done / "tools.jar")
 
 
 @dataclass(frozen=True)
@@ -143,8 +171,10 @@ def run_junit(build: EngineBuild, fixtures: Path, reports: Path, select: str = "
 
 
 def run_main(build: EngineBuild, main_class: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Runs an engine-core command-line tool (e.g. the golden replay) on the JVM."""
-    classpath = os.pathsep.join(str(p) for p in [build.engine, kotlin_lib("kotlin-stdlib.jar")])
+    """Runs one of the engine's command-line tools (e.g. the golden replay) on the JVM."""
+    if build.tools is None:
+        raise AssertionError("this build has no tools jar: use engine_build()")
+    classpath = os.pathsep.join(str(p) for p in [build.engine, build.tools, kotlin_lib("kotlin-stdlib.jar")])
     return subprocess.run(["java", "-Xss8m", "-cp", classpath, main_class, *args], capture_output=True, text=True,
                           timeout=timeout)
 
@@ -171,6 +201,22 @@ def compile_ort_backend() -> Path:
         kotlinc([engine, classes], _sources(ORT_BACKEND_SRC), out / "backend-ort.jar")
 
     return _locked_build("backend-ort", _digest(ENGINE_SRC, ORT_BACKEND_SRC), build) / "backend-ort.jar"
+
+
+def compile_app_model() -> Path:
+    """The app's platform-free model code (``app/src/main/kotlin/dev/pocketvlm/demo/model/*.kt``: the loaded bundle,
+    the model thread, the benchmark runs) compiled against the engine core alone: type-checked only (the app's
+    Android code cannot compile here). An ``android.*`` / ``androidx.*`` import in it is refused by name first."""
+    _refuse_imports(APP_MODEL_SRC, ANDROID_ONLY, "must stay platform-free (the Android code is in platform/ and ui/)")
+    engine = engine_build().engine
+    sources = _sources(APP_MODEL_SRC)
+    if not sources:
+        raise AssertionError(f"no Kotlin sources under {APP_MODEL_SRC}")
+
+    def build(out: Path) -> None:
+        kotlinc([engine], sources, out / "app-model.jar")
+
+    return _locked_build("app-model", _digest(ENGINE_SRC, APP_MODEL_SRC), build) / "app-model.jar"
 
 
 FOUNDATION = ("Errors.kt", "Json.kt", "Tensor.kt", "Manifest.kt")

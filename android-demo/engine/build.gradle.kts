@@ -1,7 +1,7 @@
-// The engine core: pure Kotlin/JVM (no android.*), shared by both backends and the app. Its JUnit tests compare it
-// with the Python runtime through fixtures the Python side writes (tests/jvm_fixtures); point them at a directory
-// of written fixtures with -Ppocketvlm.fixtures=DIR (or POCKETVLM_FIXTURES). The project's CI runs the same tests
-// without Gradle (tests/test_android.py through tests/jvm_harness.py).
+// The engine core: pure Kotlin/JVM (no android.*, no javax.imageio), shared by both backends and the app. Its JUnit
+// tests compare it with the Python runtime through fixtures the Python side writes (tests/jvm_fixtures); point them
+// at a directory of written fixtures with -Ppocketvlm.fixtures=DIR (or POCKETVLM_FIXTURES). The project's CI runs
+// the same tests without Gradle (tests/test_android.py through tests/jvm_harness.py).
 plugins {
     alias(libs.plugins.kotlin.jvm)
 }
@@ -17,6 +17,22 @@ kotlin {
         jvmTarget.set(org.jetbrains.kotlin.gradle.dsl.JvmTarget.JVM_17)
     }
 }
+
+// The desktop tools (dev.pocketvlm.engine.cli: the golden replay on a JVM, which reads PNGs with javax.imageio, absent
+// on Android) are their own source set, src/tools/kotlin, built on the core: the jar the backends and the app depend
+// on is the core alone. The tests use the tools (GoldenTest runs the replay and decodes golden.png with them).
+sourceSets {
+    val tools by creating {
+        compileClasspath += main.get().output
+        runtimeClasspath += main.get().output
+    }
+    test {
+        compileClasspath += tools.output
+        runtimeClasspath += tools.output
+    }
+}
+configurations["toolsImplementation"].extendsFrom(configurations.implementation.get())
+configurations["toolsRuntimeOnly"].extendsFrom(configurations.runtimeOnly.get())
 
 dependencies {
     testImplementation(libs.kotlin.test.junit5)

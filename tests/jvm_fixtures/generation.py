@@ -30,6 +30,7 @@ from pocketvlm.runtime.manifest import ComponentSpec
 from pocketvlm.runtime.qwen_vl import QwenAdapter, QwenImage, mrope_positions
 from pocketvlm.runtime.static_decode import DECODE, StaticKVCache
 from pocketvlm.runtime.vlm import VisionLanguageModel
+from tests.jvm_fixtures import rowloop
 
 LAYERS, KV_HEADS, HEAD_DIM, HIDDEN, VOCAB, LEVELS = 2, 2, 3, 4, 40, 2
 GRID, MERGE = (4, 6), 2  # 2 x 3 merged tokens: 6 image tokens, M-RoPE delta -3
@@ -476,3 +477,4 @@ def write(out: Path) -> None:
              "generation_zero_shot.json": {"cases": zero_shot_cases()}}
     for name, value in files.items():
         (out / name).write_text(json.dumps(value, allow_nan=False))
+    rowloop.write(out)  # the static-shape row loop's cases (RowLoopTest.kt), with the static decoders' here

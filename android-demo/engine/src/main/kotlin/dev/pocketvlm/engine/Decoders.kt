@@ -167,7 +167,6 @@ class DynamicKvDecoder(private val session: ComponentSession, private val spec: 
         return tensor
     }
 
-    override fun close() = session.close()
 }
 
 /**
@@ -332,10 +331,6 @@ class StaticKvDecoder(private val entries: Map<String, ComponentSession>, privat
             }
         }
         return Tensor.F32(shape, data)
-    }
-
-    override fun close() {
-        for (session in entries.values.toSet()) session.close()
     }
 
     companion object {

@@ -255,6 +255,4 @@ class RecordedLogitsDecoder(private val steps: List<DecoderStep>, private val vo
         }
         return problems
     }
-
-    override fun close() {}
 }

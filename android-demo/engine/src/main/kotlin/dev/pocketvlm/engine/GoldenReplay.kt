@@ -1,20 +1,5 @@
 package dev.pocketvlm.engine
 
-import java.nio.ByteBuffer
-import java.nio.ByteOrder
-
-/**
- * The models a replay runs, on the phone: the backends helper opens them from the bundle's files. The factory owns
- * what it opens (the replay never closes a session).
- */
-interface SessionFactory {
-    /** An open session of [component] (`vision_encoder`, `image_encoder`, `text_encoder`, ...). */
-    fun session(component: String): ComponentSession
-
-    /** The bundle's text decoder over its sessions ([DynamicKvDecoder] or [StaticKvDecoder]). */
-    fun textDecoder(): TextDecoder
-}
-
 /**
  * The golden self-test: the bundle's golden record replayed stage by stage on this engine. With [sessions] (on the
  * phone) every stage runs, each on this engine's own outputs of the stage before. Without (on a JVM without the
@@ -22,6 +7,9 @@ interface SessionFactory {
  * preprocessing, the prompt's ids and positions (from the manifest's `app` block and the tokenizer), a dual
  * encoder's text ids, and the generation loop driven by the record's teacher-forced logits ([RecordedLogitsDecoder]),
  * which must give the recorded ids, stop reason and text.
+ *
+ * The stages are the pipelines' own steps ([VlmSteps], [ZeroShotSteps]), so the replay checks the code the app runs.
+ * [sessions] are lent: the replay closes nothing (the caller closes its factory).
  *
  * [image] is `golden.png` decoded by the caller (Android's `BitmapFactory`, javax.imageio on the JVM): the engine
  * core decodes no image file.
@@ -46,9 +34,10 @@ class GoldenReplay(private val bundle: Bundle, private val sessions: SessionFact
 
     // -- VLM: preprocess, vision_encoder, prompt, text_decoder, generation ----------------------------------------
     private fun vlm(image: Rgba): List<StageResult> {
+        val steps = VlmSteps(bundle, tokenizer)
+        val decoder = sessions?.textDecoder()  // lent by the factory; the same one for both decoder stages
         val results = mutableListOf<StageResult>()
-        val pixels = Preprocessor.of(manifest.image).pixelValues(image)
-        val feeds = LinkedHashMap<String, Tensor>(Components.visionConstants(bundle)).apply { put("pixel_values", pixels) }
+        val feeds = steps.visionFeeds(image)
         results += GoldenChecks.tensorStage(record.tensors("preprocess"), feeds)
 
         val visionStage = record.tensors("vision_encoder")
@@ -57,36 +46,35 @@ class GoldenReplay(private val bundle: Bundle, private val sessions: SessionFact
             StageResult.notRun(visionStage.name, "needs the ${manifest.visionStages.joinToString(" + ")} model: no " +
                 "sessions on this machine")
         } else guarded(visionStage.name) {
-            embeds = Components.runVision(manifest, sessions, feeds)
+            embeds = steps.encodeVision(sessions, feeds)
             GoldenChecks.tensorStage(visionStage, embeds!!)
         }
 
         val recordedPrompt = record.prompt()
         var prompt: Prompt? = null
-        results += promptStage(recordedPrompt) { prompt = it }
+        results += promptStage(steps, recordedPrompt) { prompt = it }
         val decoderPrompt = prompt ?: recordedPrompt.asPrompt()
         val promptSource = if (prompt != null) "engine" else "record"
 
         val decoderStage = record.decoder()
         decoderStage.checkVocab(manifest.decoder!!.vocabSize)
-        results += if (sessions == null) {
+        results += if (decoder == null) {
             StageResult.notRun("text_decoder", "needs the text_decoder model: no sessions on this machine")
         } else guarded("text_decoder") {
             val forced = decoderStage.steps.map { it.tokenId }
-            val run = generator(sessions.textDecoder()).generate(decoderPrompt, embeds,
-                greedy(forced.size), forced = forced)
+            val run = steps.generate(decoder, decoderPrompt, embeds, greedy(forced.size), forced = forced).result
             GoldenChecks.teacherForced(decoderStage, run.logits ?: emptyList())
         }
 
-        results += generationStage(decoderStage, decoderPrompt, promptSource, embeds)
+        results += generationStage(steps, decoder, decoderStage, decoderPrompt, promptSource, embeds)
         return results
     }
 
-    private fun promptStage(stage: PromptStage, built: (Prompt) -> Unit): StageResult {
-        val app = manifest.app ?: return StageResult.notRun("prompt", "the manifest has no app block (the prompt's " +
+    private fun promptStage(steps: VlmSteps, stage: PromptStage, built: (Prompt) -> Unit): StageResult {
+        if (manifest.app == null) return StageResult.notRun("prompt", "the manifest has no app block (the prompt's " +
             "ids and positions come from it on a phone; re-export the bundle with a pocketvlm version that writes it)")
         return guarded("prompt") {
-            val prompt = PromptBuilder(app) { tokenizer.encodePlain(it) }.build(stage.prompt, true)
+            val prompt = steps.promptBuilder.build(stage.prompt, true)
             built(prompt)
             val positions = prompt.positions
             val text = tokenizer.decode(prompt.ids.map { it.toInt() }, skipSpecialTokens = false)
@@ -103,51 +91,51 @@ class GoldenReplay(private val bundle: Bundle, private val sessions: SessionFact
         }
     }
 
-    private fun generationStage(decoderStage: DecoderStage, prompt: Prompt, promptSource: String,
-                                embeds: Map<String, Tensor.F32>?): StageResult = guarded("generation") {
-        val stage = record.generation()
-        val replay = if (sessions == null) {
-            RecordedLogitsDecoder(decoderStage.steps, manifest.decoder!!.vocabSize, prompt.ids.size)
-        } else null
-        val decoder = sessions?.textDecoder() ?: replay!!
-        val run = generator(decoder).generate(prompt, embeds, greedy(stage.maxNewTokens))
-        val ids = run.tokenIds.toList()
-        val text = tokenizer.decode(ids, skipSpecialTokens = true)
-        val how = (if (replay != null) "driven by the record's teacher-forced logits (no model)"
-        else "greedy on ${decoder.backend}") + ", prompt from the $promptSource"
-        val problems = replay?.feedProblems(prompt, ids) ?: emptyList()
-        val result = GoldenChecks.generation(stage, ids, text, run.stopReason,
-            decoderStage.nearTies(), how, problems)
-        StageResult(result.name, result.status, result.error, result.limit, result.detail,
-            result.figures + mapOf("decoder" to decoder.backend, "prompt_from" to promptSource))
-    }
-
-    private fun generator(decoder: TextDecoder) = Generator(decoder, manifest.eosTokenIds, manifest.maxContext)
+    /** Greedy generation on the phone's [decoder], or (null) on the record's teacher-forced logits. */
+    private fun generationStage(steps: VlmSteps, decoder: TextDecoder?, decoderStage: DecoderStage, prompt: Prompt,
+                                promptSource: String, embeds: Map<String, Tensor.F32>?): StageResult =
+        guarded("generation") {
+            val stage = record.generation()
+            val replay = if (decoder == null) {
+                RecordedLogitsDecoder(decoderStage.steps, manifest.decoder!!.vocabSize, prompt.ids.size)
+            } else null
+            val used = decoder ?: replay!!
+            val answer = steps.generate(used, prompt, embeds, greedy(stage.maxNewTokens))
+            val ids = answer.result.tokenIds.toList()
+            val how = (if (replay != null) "driven by the record's teacher-forced logits (no model)"
+            else "greedy on ${used.backend}") + ", prompt from the $promptSource"
+            val problems = replay?.feedProblems(prompt, ids) ?: emptyList()
+            val result = GoldenChecks.generation(stage, ids, answer.text, answer.result.stopReason,
+                decoderStage.nearTies(), how, problems)
+            StageResult(result.name, result.status, result.error, result.limit, result.detail,
+                result.figures + mapOf("decoder" to used.backend, "prompt_from" to promptSource))
+        }
 
     /** Greedy, as the record's run (the Python runtime's default config: no extra stop tokens). */
     private fun greedy(maxNewTokens: Int) = GenerationConfig(maxNewTokens = maxNewTokens, doSample = false)
 
     // -- dual encoder: preprocess, image_encoder, text, text_encoder, scores --------------------------------------
     private fun dual(image: Rgba): List<StageResult> {
+        val steps = ZeroShotSteps(bundle, tokenizer)
         val results = mutableListOf<StageResult>()
-        val pixels = Preprocessor.of(manifest.image).pixelValues(image)
+        val pixels = steps.pixelValues(image)
         results += GoldenChecks.tensorStage(record.tensors("preprocess"), mapOf("pixel_values" to pixels))
         val imageStage = record.tensors("image_encoder")
         var imageEmbeds: Tensor.F32? = null
         results += if (sessions == null) StageResult.notRun(imageStage.name, "needs the image_encoder model: no " +
             "sessions on this machine")
         else guarded(imageStage.name) {
-            val out = Components.run(manifest, sessions, "image_encoder", mapOf("pixel_values" to pixels))
+            val out = steps.encodeImage(sessions, pixels)
             imageEmbeds = out["image_embeds"]
             GoldenChecks.tensorStage(imageStage, out)
         }
 
         val text = record.text()
-        val scorer = ZeroShotScorer(manifest.zeroShot!!)
+        val scorer = steps.scorer
         var encoded: Encoded? = null
         results += guarded("text") {
             val prompts = scorer.prompts(text.labels)
-            val enc = tokenizer.encode(prompts, manifest.tokenizer)
+            val enc = steps.tokenize(prompts)
             encoded = enc
             val checks = mutableListOf(
                 Triple("prompts", prompts as List<Any?>, text.prompts as List<Any?>),
@@ -164,7 +152,7 @@ class GoldenReplay(private val bundle: Bundle, private val sessions: SessionFact
             "sessions on this machine")
         else guarded(textStage.name) {
             val enc = encoded ?: throw InputError("the text stage gave no token ids", "see the text stage")
-            val out = Components.run(manifest, sessions, "text_encoder", textFeeds(enc))
+            val out = steps.encodeText(sessions, enc)
             textEmbeds = out["text_embeds"]
             GoldenChecks.tensorStage(textStage, out)
         }
@@ -180,15 +168,6 @@ class GoldenReplay(private val bundle: Bundle, private val sessions: SessionFact
         return results
     }
 
-    private fun textFeeds(enc: Encoded): Map<String, Tensor> {
-        val rows = enc.ids.size
-        val cols = enc.ids.firstOrNull()?.size ?: 0
-        val flat = { rowsOf: Array<LongArray> -> Tensor.I64(intArrayOf(rows, cols), LongArray(rows * cols) { rowsOf[it / cols][it % cols] }) }
-        val names = manifest.component("text_encoder").inputs.map { it.name }.toSet()
-        return linkedMapOf<String, Tensor>("input_ids" to flat(enc.ids), "attention_mask" to flat(enc.attentionMask))
-            .filterKeys { it in names }
-    }
-
     /** A stage whose engine code raised: failed with the error's line (a broken bundle still stops the replay). */
     private fun guarded(name: String, body: () -> StageResult): StageResult = try {
         body()
@@ -196,59 +175,5 @@ class GoldenReplay(private val bundle: Bundle, private val sessions: SessionFact
         throw e
     } catch (e: PocketVlmException) {
         StageResult(name, StageStatus.FAILED, null, null, e.line)
-    }
-}
-
-/**
- * Running a bundle's components over a [SessionFactory], the steps the replay takes and the app's pipelines can
- * share: a component fed the inputs it declares, the vision side in order, its constant inputs for the fixed image.
- */
-object Components {
-    /** One component on the inputs it declares, taken from [available]; a declared input not there is refused. */
-    fun run(manifest: Manifest, sessions: SessionFactory, component: String,
-            available: Map<String, Tensor>): Map<String, Tensor.F32> {
-        val spec = manifest.component(component)
-        val feeds = spec.inputs.associate { input ->
-            input.name to (available[input.name] ?: throw BundleError("component '$component' needs input " +
-                "'${input.name}', which this engine does not produce for it (inputs it has: ${available.keys})",
-                "re-export the bundle with a pocketvlm version that writes the app block's vision_feeds"))
-        }
-        return sessions.session(component).run(feeds).mapValues { (name, t) ->
-            t as? Tensor.F32 ?: throw InferenceError("component '$component' output '$name' is ${t.dtype}, expected " +
-                "float32", "re-export the bundle")
-        }
-    }
-
-    /** The vision side in order (one encoder, or frontend + transformer), each fed what the ones before gave. */
-    fun runVision(manifest: Manifest, sessions: SessionFactory, feeds: Map<String, Tensor>): Map<String, Tensor.F32> {
-        val available = LinkedHashMap(feeds)
-        var last: Map<String, Tensor.F32> = emptyMap()
-        for (stage in manifest.visionStages) {
-            last = run(manifest, sessions, stage, available)
-            available.putAll(last)
-        }
-        return last
-    }
-
-    /** The vision side's constant inputs for the fixed image size (`app.vision_feeds`), by input name. */
-    fun visionConstants(bundle: Bundle): Map<String, Tensor> {
-        val feeds = bundle.manifest.app?.visionFeeds ?: return emptyMap()
-        val bytes = bundle.read(feeds.file)
-        return feeds.tensors.associate { entry ->
-            val count = entry.shape.fold(1L) { a, d -> a * d }
-            val width = when (entry.dtype) { "float32", "int32" -> 4; "int64" -> 8; else -> 0 }
-            if (width == 0 || entry.offset < 0 || entry.bytes != count * width || entry.offset + entry.bytes > bytes.size) {
-                throw BundleError("app.vision_feeds tensor '${entry.name}' (${entry.dtype} ${entry.shape.toList()} at " +
-                    "${entry.offset}, ${entry.bytes} bytes) does not fit ${feeds.file} (${bytes.size} bytes)",
-                    "re-export the bundle")
-            }
-            val buf = ByteBuffer.wrap(bytes, entry.offset.toInt(), entry.bytes.toInt()).order(ByteOrder.LITTLE_ENDIAN)
-            val n = count.toInt()
-            entry.name to when (entry.dtype) {
-                "float32" -> Tensor.F32(entry.shape, FloatArray(n) { buf.float })
-                "int64" -> Tensor.I64(entry.shape, LongArray(n) { buf.long })
-                else -> Tensor.I64(entry.shape, LongArray(n) { buf.int.toLong() })  // int32: widened, values kept
-            }
-        }
     }
 }

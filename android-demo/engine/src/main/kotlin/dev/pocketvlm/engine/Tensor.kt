@@ -24,8 +24,19 @@ sealed class Tensor(val shape: IntArray) {
         ?: throw InferenceError("expected an int64 tensor, got $dtype ${shape.toList()}", "re-export the bundle")
 }
 
-/** One component (`vision_encoder`, `text_decoder`, `image_encoder`, ...) loaded by a backend. */
-interface ComponentSession : AutoCloseable {
+/*
+ * Who closes what. A backend (ONNX Runtime, LiteRT) opens every session of a bundle and is the one [SessionFactory]
+ * that owns them: closing it releases them all. What it hands out, a [ComponentSession] from `session()` and the
+ * [TextDecoder] from `textDecoder()`, is lent, so neither interface has a `close()`: the decoders, [RowLoop], the
+ * pipelines and the golden replay run them and never release them, and nothing may use them once the factory is
+ * closed. A wrapper factory ([LoopedSessions]) owns the factory it wraps.
+ */
+
+/**
+ * One component (`vision_encoder`, `image_encoder`, ...) or one entry of a static decoder (`prefill_N`, `decode`),
+ * lent by the [SessionFactory] that opened it (which alone closes it).
+ */
+interface ComponentSession {
     /** e.g. "onnxruntime-android 1.29.0 XNNPACK" or "LiteRT 2.x GPU": what the result file records. */
     val backend: String
 
@@ -38,9 +49,9 @@ interface ComponentSession : AutoCloseable {
  * side keeps. Two implementations in the core cover every bundle: [`DynamicKvDecoder`] (an ONNX `text_decoder` with
  * `past_*` inputs and `present_*` outputs, cache buffers owned by the engine) and [`StaticKvDecoder`] (static
  * `prefill_N` / `decode` entry points over a fixed capacity: LiteRT signatures, QNN contexts). Backends only provide
- * [ComponentSession]s.
+ * [ComponentSession]s; the decoder over them is lent like them (its cache is plain JVM memory).
  */
-interface TextDecoder : AutoCloseable {
+interface TextDecoder {
     val backend: String
 
     /** A new sequence of at most [capacity] tokens (prompt + new tokens); clears what the last one cached. */
@@ -55,4 +66,20 @@ interface TextDecoder : AutoCloseable {
 
     /** Tokens cached so far in this sequence. */
     val filled: Int
+}
+
+/**
+ * A bundle's models, opened by a backend (or wrapped: [LoopedSessions]), and their only owner: [close] releases every
+ * session it opened and the decoder it built over them, once (a second call does nothing). The sessions and the
+ * decoder it returns are lent: callers run them and never close them.
+ */
+interface SessionFactory : AutoCloseable {
+    /** The open session of [component] (`vision_encoder`, `image_encoder`, `text_encoder`, ...). */
+    fun session(component: String): ComponentSession
+
+    /** The bundle's text decoder over its sessions ([DynamicKvDecoder] or [StaticKvDecoder]), built once. */
+    fun textDecoder(): TextDecoder
+
+    /** Releases every session (and the decoder); nothing it lent may be used afterwards. Idempotent. */
+    override fun close()
 }

@@ -109,8 +109,6 @@ class FakeDecoderSession(private val entry: String, private val imageToken: Long
         }))
         return FakeDecoderModel.run(feeds, imageToken)
     }
-
-    override fun close() {}
 }
 
 class DecoderTest {
@@ -248,7 +246,6 @@ class DecoderTest {
                     // the other present_* are copied (past `filled`) before the missing one fails the step
                     return if (broken) out - "present_value_1" else out
                 }
-                override fun close() {}
             }
             val decoder = if (spec.static == null) DynamicKvDecoder(session, spec, decoderSpec)
             else StaticKvDecoder(spec.signatures.mapValues { session }, spec, decoderSpec)

@@ -31,8 +31,6 @@ class ScriptedTextDecoder(private val tokens: List<Int>, private val vocab: Int 
         logits[tokens[steps.size - 1]] = 1f + steps.size
         return logits
     }
-
-    override fun close() {}
 }
 
 class GenerationTest {

@@ -101,11 +101,17 @@ internal object GoldenFixtures {
     }
 }
 
-/** A phone's sessions, faked from the golden record itself: each encoder returns what the record summarises. */
-private class RecordSessions(private val bundle: Bundle, private val record: GoldenRecord,
-                             private val offsets: Map<String, Float> = emptyMap(),
-                             private val logitScale: Float = 1f) : SessionFactory {
+/**
+ * A phone's sessions, faked from the golden record itself: each encoder returns what the record summarises, the
+ * decoder (one, built on first use) the record's teacher-forced logits. [closed] counts [close] calls: whoever borrows
+ * these sessions must never close them.
+ */
+internal class RecordSessions(private val bundle: Bundle, private val record: GoldenRecord,
+                              private val offsets: Map<String, Float> = emptyMap(),
+                              private val logitScale: Float = 1f) : SessionFactory {
     val fed = LinkedHashMap<String, Map<String, Tensor>>()
+    var closed = 0
+        private set
 
     override fun session(component: String): ComponentSession = object : ComponentSession {
         override val backend = "fake $component"
@@ -118,14 +124,19 @@ private class RecordSessions(private val bundle: Bundle, private val record: Gol
             }
             return stage.tensors.mapValues { GoldenFixtures.fromSummary(it.value, offsets[component] ?: 0f) }
         }
-        override fun close() {}
     }
 
-    override fun textDecoder(): TextDecoder {
+    val decoder: RecordedLogitsDecoder by lazy {
         val steps = record.decoder().steps.map { s ->
             DecoderStep(s.tokenId, s.topIds, DoubleArray(s.topLogits.size) { s.topLogits[it] * logitScale })
         }
-        return RecordedLogitsDecoder(steps, bundle.manifest.decoder!!.vocabSize, record.prompt().inputIds.size)
+        RecordedLogitsDecoder(steps, bundle.manifest.decoder!!.vocabSize, record.prompt().inputIds.size)
+    }
+
+    override fun textDecoder(): TextDecoder = decoder
+
+    override fun close() {
+        closed++
     }
 }
 
@@ -182,6 +193,7 @@ class GoldenTest {
         }
         val pixels = sessions.fed.getValue(vlm.manifest.visionStages.first()).getValue("pixel_values")
         assertTrue(pixels.shape.contentEquals(record.tensors("preprocess").tensors.getValue("pixel_values").shape))
+        assertEquals(0, sessions.closed, "the replay borrows the sessions: it closes nothing")
 
         // a vision encoder off by 0.5 everywhere, a decoder whose logits are 10% larger: those stages fail by name
         val off = replay(vlm, RecordSessions(vlm, record, mapOf(vlm.manifest.visionStages.last() to 0.5f), 1.1f))

@@ -1,6 +1,8 @@
 package dev.pocketvlm.demo.model
 
 import dev.pocketvlm.engine.Bundle
+import dev.pocketvlm.engine.Cancelled
+import dev.pocketvlm.engine.Captioner
 import dev.pocketvlm.engine.DeviceInfo
 import dev.pocketvlm.engine.DeviceResult
 import dev.pocketvlm.engine.GenerationConfig
@@ -10,6 +12,7 @@ import dev.pocketvlm.engine.MachineInfo
 import dev.pocketvlm.engine.MemoryProbe
 import dev.pocketvlm.engine.Rgba
 import dev.pocketvlm.engine.VlmRun
+import dev.pocketvlm.engine.ZeroShotClassifier
 
 /** What the result file says about the device and the load, gathered by the app (Android's facts). */
 class BenchSetup(
@@ -36,7 +39,7 @@ object Benchmarks {
             if (cancelled()) throw Cancelled()
             progress(if (i < 0) "warm-up on image 1" else "image ${i + 1} of $count")
             val vision = captioner.encodeImage(image(maxOf(i, 0)))
-            val answer = captioner.generate(vision, prompt, config, onText = {}, cancelled = cancelled)
+            val answer = captioner.generate(vision, prompt, config, cancelled = cancelled)
             if (i < 0) continue
             val t = answer.result.timings
             runs += VlmRun(
@@ -59,13 +62,13 @@ object Benchmarks {
         for (i in -1 until count) {
             if (cancelled()) throw Cancelled()
             progress(if (i < 0) "warm-up on image 1" else "image ${i + 1} of $count")
-            val (_, pre, encode) = classifier.encodeImage(image(maxOf(i, 0)))
+            val picture = classifier.encodeImage(image(maxOf(i, 0)))
             val started = System.nanoTime()
             classifier.encodeLabels(labels)
             val text = (System.nanoTime() - started) / 1e6
             if (i < 0) continue
-            preprocessMs += pre
-            imageMs += encode
+            preprocessMs += picture.preprocessMs
+            imageMs += picture.encodeMs
             textMs += text
         }
         return DeviceResult.dualEncoder(bundle, mapOf("image_encoder" to imageMs, "text_encoder" to textMs),

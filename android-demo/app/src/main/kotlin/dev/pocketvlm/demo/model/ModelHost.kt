@@ -1,26 +1,31 @@
 package dev.pocketvlm.demo.model
 
 import dev.pocketvlm.engine.Bundle
+import dev.pocketvlm.engine.Cancelled
+import dev.pocketvlm.engine.Captioner
 import dev.pocketvlm.engine.LoadFigures
 import dev.pocketvlm.engine.Manifest
 import dev.pocketvlm.engine.PocketVlmException
 import dev.pocketvlm.engine.SessionFactory
 import dev.pocketvlm.engine.Tokenizer
+import dev.pocketvlm.engine.ZeroShotClassifier
 import java.util.concurrent.Executor
 import java.util.concurrent.ExecutorService
 import java.util.concurrent.Executors
 import java.util.concurrent.atomic.AtomicBoolean
 
 /**
- * A bundle loaded for use: its sessions (behind [LoopedSessions]), the tokenizer, and what the app does with it
- * ([captioner] for a VLM, [classifier] for a dual encoder). [accelerator] is the result file's `device.backend`,
- * [notes] what the user should know about how it runs (a GPU fallback, the QNN SoC chosen).
+ * A bundle loaded for use: its sessions (a backend behind `LoopedSessions`), the tokenizer, and what the app does
+ * with it ([captioner] for a VLM, [classifier] for a dual encoder). [accelerator] is the result file's
+ * `device.backend`, [notes] what the user should know about how it runs (a GPU fallback, the QNN SoC chosen).
+ *
+ * It owns [sessions]: [close] closes the factory, which releases every session and the decoder; the captioner, the
+ * classifier and a self-test's replay only borrow them, and none is used after this is closed.
  */
 class LoadedBundle(
     val name: String,
     val bundle: Bundle,
     val sessions: SessionFactory,
-    private val owner: AutoCloseable,
     val tokenizer: Tokenizer,
     val accelerator: String,
     val threads: Int?,
@@ -36,7 +41,7 @@ class LoadedBundle(
     val title: String
         get() = bundle.manifest.let { "$name: ${it.family} ${it.target} (${it.quantization}) on $accelerator" }
 
-    override fun close() = owner.close()
+    override fun close() = sessions.close()
 }
 
 /** A task's outcome for the UI: a value, or the one line to show instead of crashing. */

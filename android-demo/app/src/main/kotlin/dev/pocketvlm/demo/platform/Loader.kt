@@ -12,10 +12,10 @@ import dev.pocketvlm.backend.ort.OrtBackend
 import dev.pocketvlm.backend.ort.OrtSettings
 import dev.pocketvlm.backend.ort.QnnSettings
 import dev.pocketvlm.demo.model.LoadedBundle
-import dev.pocketvlm.demo.model.LoopedSessions
 import dev.pocketvlm.engine.Bundle
 import dev.pocketvlm.engine.BundleError
 import dev.pocketvlm.engine.LoadFigures
+import dev.pocketvlm.engine.LoopedSessions
 import dev.pocketvlm.engine.SessionFactory
 import dev.pocketvlm.engine.Tokenizer
 import java.io.File
@@ -57,24 +57,26 @@ object Loader {
         started = System.nanoTime()
         val opened = openBackend(context, bundle, settings)
         val loadMs = (System.nanoTime() - started) / 1e6
+        val sessions = LoopedSessions(opened.sessions, bundle.manifest)  // owns the backend from here on
         return try {
-            LoadedBundle(dir.name, bundle, LoopedSessions(opened.sessions, bundle.manifest), opened.owner, tokenizer,
-                opened.accelerator, settings.threads.takeIf { it > 0 }, opened.tools + ("pocketvlm-android-demo" to
-                    DeviceFacts.appVersion), LoadFigures(verifyMs, loadMs), opened.notes)
+            LoadedBundle(dir.name, bundle, sessions, tokenizer, opened.accelerator, settings.threads.takeIf { it > 0 },
+                opened.tools + ("pocketvlm-android-demo" to DeviceFacts.appVersion), LoadFigures(verifyMs, loadMs),
+                opened.notes)
         } catch (e: Throwable) {
-            opened.owner.close()
+            sessions.close()
             throw e
         }
     }
 
-    private class Opened(val sessions: SessionFactory, val owner: AutoCloseable, val accelerator: String,
-                         val tools: Map<String, String>, val notes: List<String>)
+    /** A backend just opened: [sessions] is the backend itself, the owner of every session it opened. */
+    private class Opened(val sessions: SessionFactory, val accelerator: String, val tools: Map<String, String>,
+                         val notes: List<String>)
 
     private fun openBackend(context: Context, bundle: Bundle, settings: LoadSettings): Opened =
         when (val target = bundle.manifest.target) {
             "onnx" -> {
                 val backend = OrtBackend.open(bundle, OrtSettings(settings.onnx, settings.threads))
-                Opened(backend, backend, backend.accelerator, ortTools(), emptyList())
+                Opened(backend, backend.accelerator, ortTools(), emptyList())
             }
             "qnn" -> {
                 val libs = DeviceFacts.nativeLibraryDir(context)
@@ -88,12 +90,12 @@ object Loader {
                 }
                 val qnn = QnnSettings(soc = DeviceFacts.soc(), libraryDir = libs)
                 val backend = OrtBackend.open(bundle, OrtSettings(threads = settings.threads, qnn = qnn))
-                Opened(backend, backend, backend.accelerator, ortTools(), listOfNotNull(backend.socReason))
+                Opened(backend, backend.accelerator, ortTools(), listOfNotNull(backend.socReason))
             }
             "tflite" -> {
                 val backend = LiteRtBackend.open(context, bundle, LiteRtSettings(settings.tflite, settings.threads))
                 val notes = backend.fallbacks.map { (component, why) -> "$component runs on the CPU: $why" }
-                Opened(backend, backend, backend.accelerator,
+                Opened(backend, backend.accelerator,
                     mapOf("litert" to dev.pocketvlm.backend.litert.BuildConfig.LITERT_VERSION), notes)
             }
             else -> throw BundleError("this is a '$target' bundle; the Android app runs onnx, tflite and qnn bundles",

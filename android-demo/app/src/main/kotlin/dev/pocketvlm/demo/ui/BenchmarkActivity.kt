@@ -11,11 +11,11 @@ import androidx.activity.result.contract.ActivityResultContracts
 import dev.pocketvlm.demo.PocketVlmApp
 import dev.pocketvlm.demo.model.BenchSetup
 import dev.pocketvlm.demo.model.Benchmarks
-import dev.pocketvlm.demo.model.Captioner
 import dev.pocketvlm.demo.model.LoadedBundle
 import dev.pocketvlm.demo.model.Outcome
 import dev.pocketvlm.demo.platform.DeviceFacts
 import dev.pocketvlm.demo.platform.Images
+import dev.pocketvlm.engine.Captioner
 import dev.pocketvlm.engine.DeviceResult
 import dev.pocketvlm.engine.GoldenRecord
 import dev.pocketvlm.engine.Rgba

@@ -11,15 +11,15 @@ import androidx.activity.result.PickVisualMediaRequest
 import androidx.activity.result.contract.ActivityResultContracts
 import androidx.core.content.FileProvider
 import dev.pocketvlm.demo.PocketVlmApp
-import dev.pocketvlm.demo.model.Captioner
 import dev.pocketvlm.demo.model.LoadedBundle
 import dev.pocketvlm.demo.model.Outcome
-import dev.pocketvlm.demo.model.VisionInput
 import dev.pocketvlm.demo.platform.Images
+import dev.pocketvlm.engine.Captioner
 import dev.pocketvlm.engine.GenerationConfig
 import dev.pocketvlm.engine.GoldenRecord
 import dev.pocketvlm.engine.Rgba
 import dev.pocketvlm.engine.Tensor
+import dev.pocketvlm.engine.VisionInput
 import java.io.File
 import java.util.Locale
 
@@ -147,7 +147,7 @@ class ChatActivity : ComponentActivity() {
         busy(true)
         stats.text = "scoring ${labels.size} labels…"
         app.host.submit({
-            val embeds = cached ?: classifier.encodeImage(picture).first
+            val embeds = cached ?: classifier.encodeImage(picture).embeds
             embeds to classifier.classify(embeds, labels, classifier.encodeLabels(labels))
         }) { outcome ->
             busy(false)

@@ -31,6 +31,9 @@ class LiteRtSettings(val accelerator: LiteRtAccelerator = LiteRtAccelerator.GPU,
  * lacks) is compiled for the CPU instead, and [fallbacks] says which and why, so the app can show it and the result
  * file records what really ran.
  *
+ * The backend owns every model, signature session and buffer it made: [session] and [textDecoder] lend them (the
+ * decoder holds only JVM buffers), and [close] releases each once; nothing it lent may be used afterwards.
+ *
  * NOT compiled where this project is checked (no LiteRT jar is reachable there); written against LiteRT 2.3.0's
  * `CompiledModel` / `Environment` / `TensorBuffer` Kotlin API.
  */
@@ -39,15 +42,16 @@ class LiteRtBackend private constructor(
     private val env: Environment,
     private val models: List<CompiledModel>,
     /** component -> signature -> session */
-    private val opened: Map<String, Map<String, ComponentSession>>,
+    private val opened: Map<String, Map<String, LiteRtSignatureSession>>,
     /** component -> why it runs on the CPU although the GPU was asked for */
     val fallbacks: Map<String, String>,
-) : SessionFactory, AutoCloseable {
+) : SessionFactory {
     private val decoder: TextDecoder? by lazy {
         val entries = opened[TEXT_DECODER] ?: return@lazy null
         val decoderSpec = bundle.manifest.decoder ?: return@lazy null
         StaticKvDecoder(entries, bundle.manifest.component(TEXT_DECODER), decoderSpec)
     }
+    private var closed = false
 
     /** What ran each component, for the result file's `engines`. */
     val engines: Map<String, String> get() = opened.mapValues { (_, entries) -> entries.values.first().backend }
@@ -71,8 +75,10 @@ class LiteRtBackend private constructor(
         ?: throw BundleError("the bundle has no text_decoder (it is a ${bundle.manifest.task} bundle)",
             "use a captioning bundle")
 
+    @Synchronized
     override fun close() {
-        decoder?.close()
+        if (closed) return
+        closed = true
         for (entries in opened.values) for (session in entries.values) session.close()
         for (model in models) model.close()
         env.close()
@@ -94,7 +100,7 @@ class LiteRtBackend private constructor(
                     "reinstall the app; if it persists, use a --target onnx bundle", e)
             }
             val models = ArrayList<CompiledModel>()
-            val opened = LinkedHashMap<String, Map<String, ComponentSession>>()
+            val opened = LinkedHashMap<String, Map<String, LiteRtSignatureSession>>()
             val fallbacks = LinkedHashMap<String, String>()
             try {
                 val gpuAvailable = try {
@@ -153,13 +159,13 @@ class LiteRtBackend private constructor(
 
         /** One session per signature the manifest lists (`static.signatures`: name -> input -> shape). */
         private fun signatures(model: CompiledModel, spec: ComponentSpec, file: String,
-                               label: String): Map<String, ComponentSession> {
+                               label: String): Map<String, LiteRtSignatureSession> {
             val signatures = spec.signatures
             if (signatures.isEmpty()) {
                 throw BundleError("component '${spec.name}' lists no static signatures", "re-export with --target tflite")
             }
             val outputs = spec.outputs.map { it.name }
-            val sessions = LinkedHashMap<String, ComponentSession>()
+            val sessions = LinkedHashMap<String, LiteRtSignatureSession>()
             try {
                 for ((signature, shapes) in signatures) {
                     sessions[signature] = LiteRtSignatureSession(model, signature, shapes, outputs, file, label)

@@ -32,7 +32,7 @@ class LiteRtSignatureSession internal constructor(
     /** The file, for messages. */
     private val file: String,
     override val backend: String,
-) : ComponentSession {
+) : ComponentSession, AutoCloseable {
     private val inputTypes: Map<String, TensorType.ElementType>
     private val outputTypes: Map<String, TensorType>
     private val inputBuffers: Map<String, TensorBuffer>
@@ -132,7 +132,7 @@ class LiteRtSignatureSession internal constructor(
             "float32", "re-export the bundle with the pocketvlm version this app was built with")
     }
 
-    /** Closes this signature's buffers (the model is the backend's); idempotent. */
+    /** Closes this signature's buffers (the model is the backend's); only the [LiteRtBackend] closes it. Idempotent. */
     @Synchronized
     override fun close() {
         if (closed) return

@@ -26,21 +26,24 @@ import java.io.File
  *   fixed-capacity cache).
  *
  * The bundle must be a directory ([DirectorySource]): ONNX Runtime loads models by path, which also lets an
- * EPContext model find its context binary and an ONNX model its external data beside it. Closing the backend
- * closes every session.
+ * EPContext model find its context binary and an ONNX model its external data beside it.
+ *
+ * The backend owns every session it opened: [session] and [textDecoder] lend them (the decoder holds only JVM
+ * buffers), and [close] closes each session once; nothing it lent may be used afterwards.
  */
 class OrtBackend private constructor(
     private val bundle: Bundle,
     /** component -> entry name -> session (an entry is named after its component unless it is a decoder entry). */
-    private val opened: Map<String, Map<String, ComponentSession>>,
+    private val opened: Map<String, Map<String, OrtComponentSession>>,
     /** What runs the bundle, for the result file's `device.backend`: "xnnpack", "nnapi", "cpu", "qnn-htp". */
     val accelerator: String,
     /** Which SoC's contexts a QNN bundle runs (null for ONNX bundles). */
     val soc: String?,
     /** Why that SoC, in words ("this phone is an SM8650", "the phone does not say which SoC it is: ..."). */
     val socReason: String?,
-) : SessionFactory, AutoCloseable {
+) : SessionFactory {
     private val decoder: TextDecoder? by lazy { buildDecoder() }
+    private var closed = false
 
     /** What ran each component (its session's `backend`), for the result file's `engines`. */
     val engines: Map<String, String> get() = opened.mapValues { (_, entries) -> entries.values.first().backend }
@@ -65,8 +68,10 @@ class OrtBackend private constructor(
         else DynamicKvDecoder(entries.getValue(TEXT_DECODER), spec, decoderSpec)
     }
 
+    @Synchronized
     override fun close() {
-        decoder?.close()
+        if (closed) return
+        closed = true
         for (entries in opened.values) for (session in entries.values) session.close()
     }
 
@@ -84,7 +89,7 @@ class OrtBackend private constructor(
                 "copy the bundle into the app's bundles folder (the app does this for a bundle picked from storage)")
             val env = OrtEnvironment.getEnvironment(OrtLoggingLevel.ORT_LOGGING_LEVEL_WARNING, "pocketvlm")
             val version = env.version
-            val opened = LinkedHashMap<String, Map<String, ComponentSession>>()
+            val opened = LinkedHashMap<String, Map<String, OrtComponentSession>>()
             val formats = bundle.manifest.components.values.map { it.format }.toSet()
             var soc: String? = null
             var socReason: String? = null
@@ -133,11 +138,11 @@ class OrtBackend private constructor(
         }
 
         private fun qnnEntries(env: OrtEnvironment, source: DirectorySource, context: JsonNode, soc: String,
-                               settings: OrtSettings, version: String): Map<String, ComponentSession> {
+                               settings: OrtSettings, version: String): Map<String, OrtComponentSession> {
             val socModel = context.opt("soc_model")?.int()
             val arch = context.opt("htp_arch")?.string()?.let { " $it" } ?: ""
             val label = "onnxruntime-android-qnn $version HTP $soc$arch"
-            val entries = LinkedHashMap<String, ComponentSession>()
+            val entries = LinkedHashMap<String, OrtComponentSession>()
             try {
                 for ((entry, files) in context["entries"].obj()) {
                     val model = source.file(files["model"].string())

@@ -35,7 +35,7 @@ class OrtComponentSession internal constructor(
     /** The model file's name, for messages. */
     val name: String,
     override val backend: String,
-) : ComponentSession {
+) : ComponentSession, AutoCloseable {
     /** Input name -> (element type, shape with -1 for a dynamic dim), read once from the graph. */
     val inputs: Map<String, Pair<OnnxJavaType, LongArray>>
     val outputNames: List<String>
@@ -173,7 +173,7 @@ class OrtComponentSession internal constructor(
 
     private var closed = false
 
-    /** Idempotent: the backend and the decoder built over its sessions may both close a session. */
+    /** Closed by its owner, the [OrtBackend], only (what it lends out never closes it); idempotent. */
     @Synchronized
     override fun close() {
         if (closed) return

@@ -20,7 +20,10 @@ import kotlin.system.exitProcess
 /**
  * Replays a bundle's golden record through the engine core on this JVM (no ONNX Runtime here):
  *
- *     java -cp engine.jar:kotlin-stdlib.jar dev.pocketvlm.engine.cli.ReplayMainKt BUNDLE_DIR
+ *     java -cp engine.jar:engine-tools.jar:kotlin-stdlib.jar dev.pocketvlm.engine.cli.ReplayMainKt BUNDLE_DIR
+ *
+ * A desktop tool: it lives in the engine's `tools` source set (src/tools/kotlin), outside the jar the backends and
+ * the app depend on, since it reads PNGs with javax.imageio, which Android does not have.
  *
  * Checks the sha256 of every listed file that is present (model files may be left out of a copy made for this
  * tool; they are listed as absent), runs the stages that need no model ([GoldenReplay] without sessions) and prints
