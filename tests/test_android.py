@@ -54,7 +54,7 @@ def ran(report: jvm_harness.JUnitReport, test_class: str, at_least: int) -> list
 @pytest.mark.parametrize(("test_class", "at_least"), [
     ("JsonTest", 4), ("TokenizerTest", 3), ("PreprocessTest", 3), ("ResampleTest", 1), ("GenerationTest", 3),
     ("DecoderTest", 3), ("PromptTest", 2), ("ZeroShotTest", 1), ("BundleTest", 3), ("GoldenTest", 2),
-    ("ResultTest", 1)])
+    ("ResultTest", 1), ("RowLoopTest", 3), ("PipelinesTest", 6)])
 def test_kotlin_engine_tests_pass(jvm, test_class, at_least):
     report = jvm[0]
     ran(report, test_class, at_least)
@@ -93,6 +93,13 @@ def test_replay_refuses_a_broken_bundle_with_one_line(jvm, tmp_path):
 
 def test_the_ort_backend_compiles_against_onnxruntime_android():
     jar = jvm_harness.compile_ort_backend()
+    assert jar.stat().st_size > 1000
+
+
+def test_the_app_model_code_compiles_against_the_engine_core():
+    """The app's platform-free model/ (loaded bundle, model thread, benchmark runs) type-checks against the engine
+    core alone, with no android.* import (its Android code cannot compile here)."""
+    jar = jvm_harness.compile_app_model()
     assert jar.stat().st_size > 1000
 
 
