@@ -1,5 +1,5 @@
 """pocketvlm export --model DIR --target onnx|tflite|coreml|qnn --quant int8 --out DIR [--shapes shapes.json]
-[--soc SM8650,SM8750] [--calibration-images DIR] [--calibration-texts FILE]"""
+[--soc SM8650,SM8750] [--calibration-images DIR] [--calibration-texts FILE] [--mediapipe [--mediapipe-scale N]]"""
 
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="qnn a16w8/a8w8: a directory of representative images (32+) for activation ranges")
     optional.add_argument("--calibration-texts", type=Path, default=None,
                           help="qnn a16w8/a8w8 text encoders: a file of prompts, one per line")
+    optional.add_argument("--mediapipe", nargs="?", const="image_encoder", default=None, metavar="COMPONENT",
+                          help="tflite, CLIP / SigLIP: also write image_encoder.mediapipe.tflite for MediaPipe Tasks' "
+                          "ImageEmbedder (NHWC [0, 1] input, normalisation in the graph, TFLite metadata)")
+    optional.add_argument("--mediapipe-scale", type=int, default=None, metavar="N",
+                          help="the MediaPipe variant's input as N x the tower's size, resized in the graph with "
+                          "antialiasing (default 8, below 1024 px; 1: MediaPipe's bilinear resize only)")
     optional.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
 
 
@@ -52,13 +58,20 @@ def run(args: argparse.Namespace) -> int:
         extra = {"socs": tuple(s.name for s in parse_socs(args.soc)),
                  "calibration_images": calibration_images(args.calibration_images),
                  "calibration_texts": calibration_texts(args.calibration_texts)}
+    if args.mediapipe_scale is not None and args.mediapipe is None:
+        raise InputError("--mediapipe-scale without --mediapipe", "add --mediapipe, or drop --mediapipe-scale")
+    if args.mediapipe is not None:
+        extra.update(mediapipe=tuple(name.strip() for name in args.mediapipe.split(",")),
+                     mediapipe_scale=args.mediapipe_scale)
     out = export_bundle(args.model, args.out, target=args.target, quant=quant, progress=Progress(args.progress),
                         split_vision=args.split_vision, shapes=StaticShapes.load(args.shapes),
                         deployment_target=args.deployment_target, **extra)
     bundle = load_bundle(out)
     parts = ", ".join(f"{name} {spec.bytes / 1e6:.2f} MB ({spec.quantization['method']})"
                       for name, spec in bundle.components.items())
-    print(f"exported {bundle.family} to {out}: {parts}; total {bundle.total_bytes / 1e6:.2f} MB")
+    variants = "".join(f"; MediaPipe {record['task']}: {record['file']} {record['bytes'] / 1e6:.2f} MB"
+                       for record in (c.get("mediapipe") for c in bundle.manifest["components"].values()) if record)
+    print(f"exported {bundle.family} to {out}: {parts}{variants}; total {bundle.total_bytes / 1e6:.2f} MB")
     return 0
 
 

@@ -60,25 +60,32 @@ def export_bundles(model_dir: Path | str, outputs: list[tuple[Path | str, QuantC
                    progress: Progress | None = None, split_vision: bool = False,
                    calibration: Calibration | None = None, shapes: StaticShapes | None = None,
                    deployment_target: str = "iOS18", isolate: bool = True, socs: tuple[str, ...] = ("SM8650",),
-                   calibration_images: tuple[Path, ...] = (), calibration_texts: tuple[str, ...] = ()) -> list[Path]:
+                   calibration_images: tuple[Path, ...] = (), calibration_texts: tuple[str, ...] = (),
+                   mediapipe: tuple[str, ...] = (), mediapipe_scale: int | None = None) -> list[Path]:
     """Export one checkpoint to several bundles (e.g. fp32, int8 and int4) from one load and one conversion; each
     bundle is published atomically on its own. ``calibration`` maps a component name to the feeds it sees in use
     (recorded through an fp32 bundle of the same target); components quantized with GPTQ need it. ``shapes`` sets
     the static shapes of a ``tflite`` or ``coreml`` bundle; ``deployment_target`` and ``isolate`` (each component
     converted in its own process) apply to ``coreml``; ``socs`` and the calibration images / texts (static QDQ
-    activations) to ``qnn``. Each output is locked for the whole export (a second export to it raises
+    activations) to ``qnn``; ``mediapipe`` names components that also get a MediaPipe Tasks variant
+    (``image_encoder`` of a CLIP / SigLIP ``tflite`` bundle; ``mediapipe_scale``: its input's multiple of the
+    tower's size). Each output is locked for the whole export (a second export to it raises
     ``ExportError`` before writing anything), and a full disk raises ``ExportError`` with nothing left behind."""
     model_dir = Path(model_dir)
     plan = [(Path(out), quant) for out, quant in outputs]
     say = progress or (lambda message: None)
     chosen = get_target(target)
     options = ExportOptions(shapes or StaticShapes(), deployment_target, isolate, split_vision, tuple(socs),
-                            tuple(Path(p) for p in calibration_images), tuple(calibration_texts))
+                            tuple(Path(p) for p in calibration_images), tuple(calibration_texts),
+                            (mediapipe,) if isinstance(mediapipe, str) else tuple(mediapipe), mediapipe_scale)
     if not plan or len({out.resolve() for out, _ in plan}) != len(plan):
         raise ExportError("each bundle needs its own output directory", "give every quantization its own --out")
     if split_vision and not chosen.splits_vision:
         raise ExportError(f"--split-vision is not available for --target {chosen.name}",
                           f"drop --split-vision for --target {chosen.name}")
+    if mediapipe and not chosen.mediapipe_variants:
+        raise ExportError(f"--mediapipe is not available for --target {chosen.name}",
+                          "use --target tflite (MediaPipe Tasks run .tflite models)")
     checkpoint = read_checkpoint(model_dir)
     family = family_for_model_type(checkpoint.model_type)
     components = export_components(family, split_vision)

@@ -32,7 +32,9 @@ Progress = Callable[[str], None]
 class ExportOptions:
     """Target settings that are not quantization: static shapes (LiteRT, Core ML, QNN), the Core ML deployment
     target, whether each Core ML component converts in its own process, the vision split (every target), the SoCs a
-    QNN bundle is compiled for, and the images / texts its static activation quantization is calibrated on."""
+    QNN bundle is compiled for, the images / texts its static activation quantization is calibrated on, and the
+    components that also get a MediaPipe Tasks variant (LiteRT: ``image_encoder``) with its input scale (None: the
+    variant's default)."""
 
     shapes: StaticShapes = field(default_factory=StaticShapes)
     deployment_target: str = "iOS18"
@@ -41,6 +43,8 @@ class ExportOptions:
     socs: tuple[str, ...] = ("SM8650",)
     calibration_images: tuple[Path, ...] = ()
     calibration_texts: tuple[str, ...] = ()
+    mediapipe: tuple[str, ...] = ()
+    mediapipe_scale: int | None = None
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Target(Protocol):
     # released; False where they come from the converted fp32 artifact
     calibrates_on_model: bool
     splits_vision: bool  # offers --split-vision (the family's two stages: image_/vision_ frontend + transformer)
+    mediapipe_variants: bool  # offers --mediapipe (a MediaPipe Tasks variant of the image tower)
 
     def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
         """Target rules beyond the capability table (e.g. iOS 18 for int4); raise a typed error by name."""

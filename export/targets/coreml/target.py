@@ -35,6 +35,7 @@ class CoreMLTarget:
         "palette4": dict(EDGES),
     }
     calibrates_on_model, splits_vision = True, True
+    mediapipe_variants = False
 
     def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
         target = options.deployment_target

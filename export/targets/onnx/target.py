@@ -27,6 +27,7 @@ class OnnxTarget:
         "int4": dict.fromkeys(INT4_KNOBS),
     }
     calibrates_on_model, splits_vision = False, True
+    mediapipe_variants = False
 
     def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
         return None

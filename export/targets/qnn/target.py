@@ -36,6 +36,7 @@ class QnnTarget:
     name, title, precision, suffix = "qnn", "Qualcomm HTP (QNN)", "fp32", ".onnx"
     capabilities: Capabilities = {"fp16": {}, "a16w8": {}, "a8w8": {}}
     calibrates_on_model, splits_vision = False, True
+    mediapipe_variants = False
 
     def check(self, spec: QuantSpec, component: str, options: ExportOptions) -> None:
         require_tool("onnxruntime_qnn", "qnn", "npu")
