@@ -22,6 +22,7 @@ from pocketvlm.demo.shapes.evaluate import (
 )
 from pocketvlm.export.loop import export_bundles
 from pocketvlm.export.quant.config import QuantConfig
+from tests import jvm_harness
 from tests.app_checks import assert_app_block_matches_runtime
 
 
@@ -94,6 +95,19 @@ def test_captioner_uses_the_real_smollm2_and_captions_like_pytorch(captioner_bun
     assert onnx_side.answer(samples[0], question.text) == torch_side.answer(samples[0], question.text)
     # the Android app's prompt: without image splitting the layout is fixed, so the exporter resolves it
     assert_app_block_matches_runtime(bundle, photos)
+
+
+def test_the_demo_bundles_replay_through_the_android_engine(clip_demo, captioner_bundle):
+    """The golden record of every demo bundle replays through the Android app's Kotlin engine core on this JVM to
+    the Python runtime's ids: preprocessing, the captioner's prompt from the app block and the Kotlin tokenizer, its
+    generation loop over the recorded logits, CLIP's label ids (model stages need a phone: reported as not run)."""
+    build = jvm_harness.engine_build()
+    for bundle in [*clip_demo[2].values(), captioner_bundle[1]]:
+        done = jvm_harness.run_main(build, "dev.pocketvlm.engine.cli.ReplayMainKt", str(bundle))
+        assert done.returncode == 0, (bundle.name, done.stdout[-3000:], done.stderr[-2000:])
+        stages = {stage["name"]: stage["status"] for stage in json.loads(done.stdout)["stages"]}
+        ran = {"preprocess", "text"} if "image_encoder" in stages else {"preprocess", "prompt", "generation"}
+        assert all(stages[name] == "passed" for name in ran), (bundle.name, stages)
 
 
 def test_demo_exports_once_and_reuses_its_bundles(clip_demo, monkeypatch):
