@@ -31,12 +31,25 @@ private fun checkPositions(positions: Tensor.I64, n: Int, kind: String) {
     }
 }
 
-private fun checkIds(ids: LongArray) {
+/**
+ * What every decoder step checks first, in this order: the decoder was reset for a sequence (its [capacity] is not
+ * 0), there are [ids], and [positions] is shaped for them as [kind] positions (`position_ids`). Returns their count.
+ */
+private fun checkStep(capacity: Int, ids: LongArray, positions: Tensor.I64, kind: String): Int {
+    if (capacity == 0) {
+        throw InputError("the decoder was not reset for a new sequence", "call reset(capacity) before the first step")
+    }
     if (ids.isEmpty()) throw InputError("a decoder step with no tokens", "pass the prompt's ids, then one per step")
+    checkPositions(positions, ids.size, kind)
+    return ids.size
 }
 
-private fun notReset(): Nothing =
-    throw InputError("the decoder was not reset for a new sequence", "call reset(capacity) before the first step")
+/** Refuses a step of [n] tokens after [filled] that would run past the sequence's [capacity]. */
+private fun checkRoom(filled: Int, n: Int, capacity: Int) {
+    if (filled + n > capacity) {
+        throw InputError("KV cache full ($capacity tokens)", "lower max_new_tokens or shorten the prompt")
+    }
+}
 
 /** The last position's logits, from `[1, vocab]` (or `[1, n, vocab]`). */
 private fun lastLogits(outputs: Map<String, Tensor>, vocab: Int, what: String): FloatArray {
@@ -123,13 +136,8 @@ class DynamicKvDecoder(private val session: ComponentSession, private val spec: 
     }
 
     override fun step(ids: LongArray, positions: Tensor.I64, imageEmbeds: Map<String, Tensor.F32>?): FloatArray {
-        if (capacity == 0) notReset()
-        checkIds(ids)
-        val n = ids.size
-        checkPositions(positions, n, decoder.positionIds)
-        if (filled + n > capacity) {
-            throw InputError("KV cache full ($capacity tokens)", "lower max_new_tokens or shorten the prompt")
-        }
+        val n = checkStep(capacity, ids, positions, decoder.positionIds)
+        checkRoom(filled, n, capacity)
         val mask = LongArray(capacity + n)
         java.util.Arrays.fill(mask, 0, filled, 1L)
         java.util.Arrays.fill(mask, capacity, capacity + n, 1L)
@@ -248,17 +256,12 @@ class StaticKvDecoder(private val entries: Map<String, ComponentSession>, privat
     }
 
     override fun step(ids: LongArray, positions: Tensor.I64, imageEmbeds: Map<String, Tensor.F32>?): FloatArray {
-        if (capacity == 0) notReset()
-        checkIds(ids)
-        val n = ids.size
-        checkPositions(positions, n, decoder.positionIds)
+        val n = checkStep(capacity, ids, positions, decoder.positionIds)
         if (filled + n > kvCapacity) {
             throw InputError("$filled cached + $n new tokens exceed this $engine bundle's KV capacity of $kvCapacity",
                 "shorten the prompt or re-export with a larger kv_capacity")
         }
-        if (filled + n > capacity) {
-            throw InputError("KV cache full ($capacity tokens)", "lower max_new_tokens or shorten the prompt")
-        }
+        checkRoom(filled, n, capacity)
         var logits = FloatArray(0)
         var used = 0
         for (start in 0 until n step prefillLength) {

@@ -25,3 +25,18 @@ class InputError(problem: String, fix: String, cause: Throwable? = null) : Pocke
 class InferenceError(problem: String, fix: String, cause: Throwable? = null) : PocketVlmException(problem, fix, cause) {
     override val kind = "inference error"
 }
+
+/**
+ * Runs [load], a backend's runtime loading the bundle file [fileName], and makes [BundleError]s of the two ways that
+ * fails: the runtime's own [E] (worded by [refused]) and the phone running out of memory (naming the file). Anything
+ * else is rethrown unchanged.
+ */
+inline fun <T, reified E : Exception> loadingModel(fileName: String, refused: (E) -> BundleError, load: () -> T): T =
+    try {
+        load()
+    } catch (e: OutOfMemoryError) {
+        throw BundleError("the phone ran out of memory loading $fileName",
+            "close other apps, or export a smaller quantization", e)
+    } catch (e: Exception) {
+        throw if (e is E) refused(e) else e
+    }

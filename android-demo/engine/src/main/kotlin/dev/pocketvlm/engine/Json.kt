@@ -116,12 +116,29 @@ object Json {
             return value
         }
 
-        fun obj(depth: Int): Map<String, Any?> {
-            val map = LinkedHashMap<String, Any?>()
+        /**
+         * The members of the object or array at [pos] (its opening bracket), read one at a time by [member] up to
+         * its [close] bracket, which is consumed; a missing separator or bracket fails.
+         */
+        private inline fun members(close: Char, member: () -> Unit) {
             pos++
             skipSpace()
-            if (pos < text.length && text[pos] == '}') { pos++; return map }
+            if (pos < text.length && text[pos] == close) { pos++; return }
             while (true) {
+                member()
+                skipSpace()
+                if (pos >= text.length) fail("unexpected end")
+                when (text[pos++]) {
+                    ',' -> continue
+                    close -> return
+                    else -> { pos--; fail("expected ',' or '$close'") }
+                }
+            }
+        }
+
+        fun obj(depth: Int): Map<String, Any?> {
+            val map = LinkedHashMap<String, Any?>()
+            members('}') {
                 skipSpace()
                 if (pos >= text.length || text[pos] != '"') fail("expected a key")
                 val key = string()
@@ -129,31 +146,14 @@ object Json {
                 if (pos >= text.length || text[pos] != ':') fail("expected ':'")
                 pos++
                 map[key] = value(depth + 1)
-                skipSpace()
-                if (pos >= text.length) fail("unexpected end")
-                when (text[pos++]) {
-                    ',' -> continue
-                    '}' -> return map
-                    else -> { pos--; fail("expected ',' or '}'") }
-                }
             }
+            return map
         }
 
         fun array(depth: Int): List<Any?> {
             val list = ArrayList<Any?>()
-            pos++
-            skipSpace()
-            if (pos < text.length && text[pos] == ']') { pos++; return list }
-            while (true) {
-                list.add(value(depth + 1))
-                skipSpace()
-                if (pos >= text.length) fail("unexpected end")
-                when (text[pos++]) {
-                    ',' -> continue
-                    ']' -> return list
-                    else -> { pos--; fail("expected ',' or ']'") }
-                }
-            }
+            members(']') { list.add(value(depth + 1)) }
+            return list
         }
 
         fun string(): String {

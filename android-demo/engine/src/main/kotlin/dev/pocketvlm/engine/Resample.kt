@@ -143,30 +143,37 @@ object Resample {
         return (if (v < 0) 0 else if (v > 255) 255 else v).toByte()
     }
 
+    /**
+     * One output pixel of either pass: output index [i]'s `c.count[i]` taps, read from byte [first] of [data] and
+     * [stride] bytes apart (3 along a row, a row's width along a column), weighted by its `c.weights` in fixed point
+     * from [HALF] per channel, then clipped into [out] at byte [o]. Integer sums in tap order, as Resample.c.
+     */
+    private fun convolve(data: ByteArray, first: Int, stride: Int, c: Coefficients, i: Int, out: ByteArray, o: Int) {
+        val k = i * c.ksize
+        var s0 = HALF
+        var s1 = HALF
+        var s2 = HALF
+        var p = first
+        for (t in 0 until c.count[i]) {
+            val w = c.weights[k + t]
+            s0 += (data[p].toInt() and 0xFF) * w
+            s1 += (data[p + 1].toInt() and 0xFF) * w
+            s2 += (data[p + 2].toInt() and 0xFF) * w
+            p += stride
+        }
+        out[o] = clip8(s0)
+        out[o + 1] = clip8(s1)
+        out[o + 2] = clip8(s2)
+    }
+
     /** Horizontal pass over input rows `[rowFirst, rowFirst + rows)`. */
     private fun horizontal(src: Rgb, c: Coefficients, rowFirst: Int, rows: Int): Rgb {
         val outWidth = c.start.size
         val out = ByteArray(outWidth * rows * 3)
-        val data = src.data
         for (y in 0 until rows) {
             val inRow = (y + rowFirst) * src.width * 3
             for (xx in 0 until outWidth) {
-                val k = xx * c.ksize
-                var s0 = HALF
-                var s1 = HALF
-                var s2 = HALF
-                var p = inRow + c.start[xx] * 3
-                for (x in 0 until c.count[xx]) {
-                    val w = c.weights[k + x]
-                    s0 += (data[p].toInt() and 0xFF) * w
-                    s1 += (data[p + 1].toInt() and 0xFF) * w
-                    s2 += (data[p + 2].toInt() and 0xFF) * w
-                    p += 3
-                }
-                val o = (y * outWidth + xx) * 3
-                out[o] = clip8(s0)
-                out[o + 1] = clip8(s1)
-                out[o + 2] = clip8(s2)
+                convolve(src.data, inRow + c.start[xx] * 3, 3, c, xx, out, (y * outWidth + xx) * 3)
             }
         }
         return Rgb(outWidth, rows, out)
@@ -177,25 +184,10 @@ object Resample {
         val outHeight = c.start.size
         val width = src.width
         val out = ByteArray(width * outHeight * 3)
-        val data = src.data
         for (yy in 0 until outHeight) {
             val ymin = c.start[yy] - shift
-            val k = yy * c.ksize
             for (xx in 0 until width) {
-                var s0 = HALF
-                var s1 = HALF
-                var s2 = HALF
-                for (y in 0 until c.count[yy]) {
-                    val p = ((y + ymin) * width + xx) * 3
-                    val w = c.weights[k + y]
-                    s0 += (data[p].toInt() and 0xFF) * w
-                    s1 += (data[p + 1].toInt() and 0xFF) * w
-                    s2 += (data[p + 2].toInt() and 0xFF) * w
-                }
-                val o = (yy * width + xx) * 3
-                out[o] = clip8(s0)
-                out[o + 1] = clip8(s1)
-                out[o + 2] = clip8(s2)
+                convolve(src.data, (ymin * width + xx) * 3, width * 3, c, yy, out, (yy * width + xx) * 3)
             }
         }
         return Rgb(width, outHeight, out)

@@ -41,84 +41,61 @@ class TokenizerTest {
     }
 
     @Test
-    fun plainEncodingMatchesTokenizers() {
-        val mismatches = Mismatches("encode_plain")
-        for (v in vocabularies) {
-            val plain = v.cases["plain"]
-            val maxLength = plain["max_length"].int()
-            val texts = plain["texts"].strings()
-            val expected = plain["ids"].list()
-            texts.forEachIndexed { i, text ->
-                val ids = v.tokenizer.encodePlain(text, maxLength).toList()
-                mismatches.check(expected[i].longs().toList(), ids) { "${v.name} ${Json.write(text)}" }
-            }
+    fun plainEncodingMatchesTokenizers() = compareEach("encode_plain") { v ->
+        val plain = v.cases["plain"]
+        val maxLength = plain["max_length"].int()
+        val texts = plain["texts"].strings()
+        val expected = plain["ids"].list()
+        texts.forEachIndexed { i, text ->
+            val ids = v.tokenizer.encodePlain(text, maxLength).toList()
+            check(expected[i].longs().toList(), ids) { "${v.name} ${Json.write(text)}" }
         }
-        mismatches.assertNone()
     }
 
     @Test
-    fun batchEncodingMatchesTheRuntime() {
-        val mismatches = Mismatches("encode (padded batches)")
-        for (v in vocabularies) {
-            for (group in v.cases["encode"].list()) {
-                val spec = TokenizerSpec(group["spec"])
-                for (batch in group["batches"].list()) {
-                    val texts = batch["texts"].strings()
-                    val encoded = v.tokenizer.encode(texts, spec)
-                    val label = { "${v.name} max_length ${spec.maxLength} ${spec.padding} ${Json.write(texts)}" }
-                    mismatches.check(batch["input_ids"].list().map { it.longs().toList() },
-                        encoded.ids.map { it.toList() }, label)
-                    mismatches.check(batch["attention_mask"].list().map { it.longs().toList() },
-                        encoded.attentionMask.map { it.toList() }, label)
-                }
+    fun batchEncodingMatchesTheRuntime() = compareEach("encode (padded batches)") { v ->
+        for (group in v.cases["encode"].list()) {
+            val spec = TokenizerSpec(group["spec"])
+            for (batch in group["batches"].list()) {
+                val texts = batch["texts"].strings()
+                val encoded = v.tokenizer.encode(texts, spec)
+                val label = { "${v.name} max_length ${spec.maxLength} ${spec.padding} ${Json.write(texts)}" }
+                check(batch["input_ids"].list().map { it.longs().toList() }, encoded.ids.map { it.toList() }, label)
+                check(batch["attention_mask"].list().map { it.longs().toList() },
+                    encoded.attentionMask.map { it.toList() }, label)
             }
         }
-        mismatches.assertNone()
     }
 
     @Test
-    fun decodeMatchesTokenizers() {
-        val mismatches = Mismatches("decode")
-        for (v in vocabularies) {
-            for (case in v.cases["decode"].list()) {
-                val ids = case["ids"].ints().toList()
-                mismatches.check(case["text"].string(), v.tokenizer.decode(ids)) { "${v.name} ids $ids" }
-                mismatches.check(case["raw"].string(), v.tokenizer.decode(ids, skipSpecialTokens = false)) {
-                    "${v.name} ids $ids (special tokens kept)"
-                }
+    fun decodeMatchesTokenizers() = compareEach("decode") { v ->
+        for ((case, ids) in v.decodeCases()) {
+            check(case["text"].string(), v.tokenizer.decode(ids)) { "${v.name} ids $ids" }
+            check(case["raw"].string(), v.tokenizer.decode(ids, skipSpecialTokens = false)) {
+                "${v.name} ids $ids (special tokens kept)"
             }
         }
-        mismatches.assertNone()
     }
 
     @Test
-    fun streamPiecesMatchTheRuntime() {
-        val mismatches = Mismatches("stream")
-        for (v in vocabularies) {
-            for (case in v.cases["decode"].list()) {
-                val ids = case["ids"].ints().toList()
-                val stream = v.tokenizer.stream()
-                val pieces = ids.map { stream.push(it) }
-                val full = v.tokenizer.decode(ids)
-                mismatches.check(case["pieces"].strings(), pieces) { "${v.name} ids $ids" }
-                mismatches.check(case["rest"].string(), stream.finish(full)) { "${v.name} ids $ids (finish)" }
-                // byte-level decoding: the pieces and the rest add up to the full decode
-                mismatches.check(full, pieces.joinToString("") + stream.finish(full)) { "${v.name} ids $ids (sum)" }
-            }
+    fun streamPiecesMatchTheRuntime() = compareEach("stream") { v ->
+        for ((case, ids) in v.decodeCases()) {
+            val stream = v.tokenizer.stream()
+            val pieces = ids.map { stream.push(it) }
+            val full = v.tokenizer.decode(ids)
+            check(case["pieces"].strings(), pieces) { "${v.name} ids $ids" }
+            check(case["rest"].string(), stream.finish(full)) { "${v.name} ids $ids (finish)" }
+            // byte-level decoding: the pieces and the rest add up to the full decode
+            check(full, pieces.joinToString("") + stream.finish(full)) { "${v.name} ids $ids (sum)" }
         }
-        mismatches.assertNone()
     }
 
     @Test
-    fun tokenIdsAndVocabularySizeMatch() {
-        val mismatches = Mismatches("token_to_id / get_vocab_size")
-        for (v in vocabularies) {
-            mismatches.check(v.cases["vocab_size"].int(), v.tokenizer.vocabSize) { "${v.name} vocabulary size" }
-            for ((token, id) in v.cases["token_ids"].obj()) {
-                mismatches.check(if (id.isNull) null else id.int(), v.tokenizer.tokenId(token)) { "${v.name} $token" }
-            }
+    fun tokenIdsAndVocabularySizeMatch() = compareEach("token_to_id / get_vocab_size") { v ->
+        check(v.cases["vocab_size"].int(), v.tokenizer.vocabSize) { "${v.name} vocabulary size" }
+        for ((token, id) in v.cases["token_ids"].obj()) {
+            check(if (id.isNull) null else id.int(), v.tokenizer.tokenId(token)) { "${v.name} $token" }
         }
-        mismatches.assertNone()
     }
 
     @Test
@@ -231,6 +208,17 @@ class TokenizerTest {
             assertFailsWith<BundleError>(bad.take(80)) { Tokenizer.fromJson(bad) }
         }
     }
+
+    /** Runs [compare] on every vocabulary into one [Mismatches] named [what], then asserts that none differed. */
+    private fun compareEach(what: String, compare: Mismatches.(Vocabulary) -> Unit) {
+        val mismatches = Mismatches(what)
+        for (v in vocabularies) mismatches.compare(v)
+        mismatches.assertNone()
+    }
+
+    /** The vocabulary's `decode` cases, each with its token ids. */
+    private fun Vocabulary.decodeCases(): List<Pair<JsonNode, List<Int>>> =
+        cases["decode"].list().map { it to it["ids"].ints().toList() }
 
     private fun assertRefused(named: String, json: () -> String) {
         val error = assertFailsWith<BundleError>("expected a refusal naming $named") { Tokenizer.fromJson(json()) }

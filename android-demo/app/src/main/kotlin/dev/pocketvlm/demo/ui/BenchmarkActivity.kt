@@ -2,9 +2,7 @@ package dev.pocketvlm.demo.ui
 
 import android.net.Uri
 import android.os.Bundle
-import android.widget.Button
 import android.widget.EditText
-import android.widget.TextView
 import androidx.activity.ComponentActivity
 import androidx.activity.result.PickVisualMediaRequest
 import androidx.activity.result.contract.ActivityResultContracts
@@ -12,14 +10,11 @@ import dev.pocketvlm.demo.PocketVlmApp
 import dev.pocketvlm.demo.model.BenchSetup
 import dev.pocketvlm.demo.model.Benchmarks
 import dev.pocketvlm.demo.model.LoadedBundle
-import dev.pocketvlm.demo.model.Outcome
 import dev.pocketvlm.demo.platform.DeviceFacts
 import dev.pocketvlm.demo.platform.Images
 import dev.pocketvlm.engine.Captioner
-import dev.pocketvlm.engine.DeviceResult
 import dev.pocketvlm.engine.GoldenRecord
 import dev.pocketvlm.engine.Rgba
-import java.io.File
 
 /**
  * N images through the loaded bundle (the photos picked, or the bundle's golden image N times), one warm-up first,
@@ -30,30 +25,23 @@ import java.io.File
 class BenchmarkActivity : ComponentActivity() {
     private val app get() = PocketVlmApp.of(this)
     private lateinit var loaded: LoadedBundle
-    private lateinit var out: TextView
     private lateinit var count: EditText
     private lateinit var tokens: EditText
-    private lateinit var start: Button
-    private lateinit var share: Button
+    private val results = ResultFileRun(this)
     private var picked: List<Uri> = emptyList()
-    private var written: File? = null
 
     private val pickPhotos = registerForActivityResult(ActivityResultContracts.PickMultipleVisualMedia(MAX_IMAGES)) {
         uris: List<Uri> ->
         picked = uris
-        out.text = if (uris.isEmpty()) "no photos picked: the golden image will be used" else "${uris.size} photos picked"
+        results.out.text =
+            if (uris.isEmpty()) "no photos picked: the golden image will be used" else "${uris.size} photos picked"
     }
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
-        val current = app.host.loaded
-        if (current == null) {
-            screen { label("No bundle is loaded: go back and load one.") }
-            return
-        }
-        loaded = current
+        loaded = loadedOrExplain() ?: return
         screen {
-            heading("Benchmark: ${current.title}")
+            heading("Benchmark: ${loaded.title}")
             label("Pick up to $MAX_IMAGES photos (one timed run each), or leave none to run the bundle's golden " +
                 "image the number of times below.")
             button("Pick photos") {
@@ -61,12 +49,11 @@ class BenchmarkActivity : ComponentActivity() {
             }
             count = field("runs with the golden image", "10", number = true)
             tokens = field("new tokens per caption", "32", number = true)
-            if (!current.isVlm) tokens.visibility = android.view.View.GONE
-            start = button("Run") { run() }
+            if (!loaded.isVlm) tokens.visibility = android.view.View.GONE
+            results.start = button("Run") { run() }
             button("Stop") { app.host.cancel() }
-            share = button("Share the result file") { written?.let { Share.file(this@BenchmarkActivity, it) } }
-            share.isEnabled = false
-            out = output()
+            results.addShareButton(this, "Share the result file")
+            results.out = output()
         }
     }
 
@@ -76,36 +63,21 @@ class BenchmarkActivity : ComponentActivity() {
         val uris = picked
         val context = applicationContext
         val setup = BenchSetup(DeviceFacts.device(loaded), DeviceFacts.machine(context), loaded.tools, loaded.load)
-        start.isEnabled = false
-        out.text = "preparing…"
-        val say = { line: String -> runOnUiThread { out.text = line } }
-        app.host.submit({
+        val say = { line: String -> runOnUiThread { results.out.text = line } }
+        val m = loaded.bundle.manifest
+        results.run("preparing…", "pocketvlm-android-${m.family}-${m.target}", {
             val golden: Rgba? = if (uris.isNotEmpty()) null else GoldenRecord.read(loaded.bundle).let { record ->
                 Images.fromPng(loaded.bundle.read(record.imageFile), record.imageFile)
             }
             val n = if (golden != null) runs else uris.size
             val image = { i: Int -> golden ?: Images.fromUri(context, uris[i]) }
-            val result = loaded.captioner?.let { captioner ->
+            loaded.captioner?.let { captioner ->
                 Benchmarks.vlm(loaded.bundle, captioner, n, image, Captioner.DEFAULT_PROMPT, newTokens, setup, say,
                     app.host.cancelled)
             } ?: Benchmarks.dualEncoder(loaded.bundle, loaded.classifier!!, n, image, labels(), setup, say,
                 app.host.cancelled)
-            val m = loaded.bundle.manifest
-            val file = File(app.store.results, "pocketvlm-android-${m.family}-${m.target}-${System.currentTimeMillis()}.json")
-            DeviceResult.write(result, file)
-            result to file
-        }) { outcome ->
-            start.isEnabled = true
-            when (outcome) {
-                is Outcome.Failed -> out.text = outcome.line
-                is Outcome.Done -> {
-                    val (result, file) = outcome.value
-                    written = file
-                    share.isEnabled = true
-                    out.text = (Benchmarks.summary(result) + listOf("", "written to ${file.path}",
-                        "adb pull ${file.path}")).joinToString("\n")
-                }
-            }
+        }, { it }) { result, file ->
+            Benchmarks.summary(result) + listOf("", "written to ${file.path}", "adb pull ${file.path}")
         }
     }
 

@@ -52,15 +52,10 @@ class ChatActivity : ComponentActivity() {
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
-        val current = app.host.loaded
-        if (current == null) {
-            screen { label("No bundle is loaded: go back and load one.") }
-            return
-        }
-        loaded = current
-        val captioner = current.captioner
+        loaded = loadedOrExplain() ?: return
+        val captioner = loaded.captioner
         screen {
-            heading(current.title)
+            heading(loaded.title)
             preview = image()
             buttons("Pick a photo" to {
                 pickPhoto.launch(PickVisualMediaRequest(ActivityResultContracts.PickVisualMedia.ImageOnly))
@@ -87,22 +82,14 @@ class ChatActivity : ComponentActivity() {
     }
 
     private fun usePhoto(uri: Uri) {
-        busy(true)
         stats.text = "decoding the photo…"
         val context = applicationContext
-        app.host.submit({ Images.fromUri(context, uri).let { it to Images.preview(it) } }) { outcome ->
-            busy(false)
-            when (outcome) {
-                is Outcome.Failed -> stats.text = outcome.line
-                is Outcome.Done -> {
-                    val (decoded, bitmap) = outcome.value
-                    photo = decoded
-                    vision = null
-                    imageEmbeds = null
-                    preview.setImageBitmap(bitmap)
-                    stats.text = "${decoded.width}x${decoded.height}"
-                }
-            }
+        whileBusy({ Images.fromUri(context, uri).let { it to Images.preview(it) } }) { (decoded, bitmap) ->
+            photo = decoded
+            vision = null
+            imageEmbeds = null
+            preview.setImageBitmap(bitmap)
+            stats.text = "${decoded.width}x${decoded.height}"
         }
     }
 
@@ -113,29 +100,21 @@ class ChatActivity : ComponentActivity() {
         val encoded = vision
         out.text = ""
         stats.text = if (picture != null && encoded == null) "encoding the photo…" else "generating…"
-        busy(true)
-        app.host.submit({
+        whileBusy({
             val v = encoded ?: picture?.let { captioner.encodeImage(it) }
             val answer = captioner.generate(v, text, GenerationConfig(maxNewTokens = tokens),
                 onText = { piece -> runOnUiThread { out.append(piece) } }, cancelled = app.host.cancelled)
             v to answer
-        }) { outcome ->
-            busy(false)
-            when (outcome) {
-                is Outcome.Failed -> stats.text = outcome.line
-                is Outcome.Done -> {
-                    val (v, answer) = outcome.value
-                    vision = v
-                    out.text = answer.text
-                    val t = answer.result.timings
-                    val decodeS = t["decode_s"] ?: 0.0
-                    val decoded = t["decode_tokens"] ?: 0.0
-                    val rate = if (decodeS > 0) decoded / decodeS else 0.0
-                    stats.text = String.format(Locale.ROOT, "%d prompt + %d new tokens (%s); image %.0f ms, " +
-                        "prefill %.0f ms, decode %.1f tok/s", answer.result.promptTokens, answer.result.tokenIds.size,
-                        answer.result.stopReason, v?.encodeMs ?: 0.0, (t["prefill_s"] ?: 0.0) * 1e3, rate)
-                }
-            }
+        }) { (v, answer) ->
+            vision = v
+            out.text = answer.text
+            val t = answer.result.timings
+            val decodeS = t["decode_s"] ?: 0.0
+            val decoded = t["decode_tokens"] ?: 0.0
+            val rate = if (decodeS > 0) decoded / decodeS else 0.0
+            stats.text = String.format(Locale.ROOT, "%d prompt + %d new tokens (%s); image %.0f ms, " +
+                "prefill %.0f ms, decode %.1f tok/s", answer.result.promptTokens, answer.result.tokenIds.size,
+                answer.result.stopReason, v?.encodeMs ?: 0.0, (t["prefill_s"] ?: 0.0) * 1e3, rate)
         }
     }
 
@@ -144,23 +123,16 @@ class ChatActivity : ComponentActivity() {
         val picture = photo ?: run { stats.text = "pick a photo first"; return }
         val labels = question.text.toString().split(',').map { it.trim() }.filter { it.isNotEmpty() }
         val cached = imageEmbeds
-        busy(true)
         stats.text = "scoring ${labels.size} labels…"
-        app.host.submit({
+        whileBusy({
             val embeds = cached ?: classifier.encodeImage(picture).embeds
             embeds to classifier.classify(embeds, labels, classifier.encodeLabels(labels))
-        }) { outcome ->
-            busy(false)
-            when (outcome) {
-                is Outcome.Failed -> stats.text = outcome.line
-                is Outcome.Done -> {
-                    imageEmbeds = outcome.value.first
-                    out.text = outcome.value.second.joinToString("\n") {
-                        String.format(Locale.ROOT, "%6.2f%%  %s", it.score * 100, it.label)
-                    }
-                    stats.text = "activation: ${classifier.scorer.activation}"
-                }
+        }) { (embeds, scores) ->
+            imageEmbeds = embeds
+            out.text = scores.joinToString("\n") {
+                String.format(Locale.ROOT, "%6.2f%%  %s", it.score * 100, it.label)
             }
+            stats.text = "activation: ${classifier.scorer.activation}"
         }
     }
 
@@ -168,6 +140,21 @@ class ChatActivity : ComponentActivity() {
     private fun prefillLabels() {
         app.host.submit({ GoldenRecord.read(loaded.bundle).text().labels }) { outcome ->
             if (outcome is Outcome.Done && question.text.isEmpty()) question.setText(outcome.value.joinToString(", "))
+        }
+    }
+
+    /**
+     * Runs [task] on the model thread with the run buttons disabled until it ends; [done] gets its value, and a
+     * failure is its line in the stats.
+     */
+    private fun <T> whileBusy(task: () -> T, done: (T) -> Unit) {
+        busy(true)
+        app.host.submit(task) { outcome ->
+            busy(false)
+            when (outcome) {
+                is Outcome.Failed -> stats.text = outcome.line
+                is Outcome.Done -> done(outcome.value)
+            }
         }
     }
 

@@ -13,6 +13,7 @@ import dev.pocketvlm.engine.DirectorySource
 import dev.pocketvlm.engine.SessionFactory
 import dev.pocketvlm.engine.StaticKvDecoder
 import dev.pocketvlm.engine.TextDecoder
+import dev.pocketvlm.engine.loadingModel
 import java.io.File
 
 /** Where a `--target tflite` bundle runs: LiteRT's GPU accelerator (with a CPU fallback that is reported), or the CPU. */
@@ -146,15 +147,10 @@ class LiteRtBackend private constructor(
             val options = CompiledModel.Options(Accelerator.CPU).apply {
                 if (settings.threads > 0) cpuOptions = CompiledModel.CpuOptions(numThreads = settings.threads)
             }
-            return try {
-                CompiledModel.create(file.path, options, env) to "LiteRT $VERSION CPU (XNNPACK)"
-            } catch (e: LiteRtException) {
-                throw BundleError("LiteRT cannot load ${file.name}: ${LiteRtSignatureSession.firstLine(e)}",
+            return loadingModel(file.name, { e: LiteRtException ->
+                BundleError("LiteRT cannot load ${file.name}: ${LiteRtSignatureSession.firstLine(e)}",
                     "re-export the bundle with --target tflite and the pocketvlm version this app was built with", e)
-            } catch (e: OutOfMemoryError) {
-                throw BundleError("the phone ran out of memory loading ${file.name}",
-                    "close other apps, or export a smaller quantization", e)
-            }
+            }) { CompiledModel.create(file.path, options, env) to "LiteRT $VERSION CPU (XNNPACK)" }
         }
 
         /** One session per signature the manifest lists (`static.signatures`: name -> input -> shape). */

@@ -13,6 +13,7 @@ import dev.pocketvlm.engine.JsonNode
 import dev.pocketvlm.engine.SessionFactory
 import dev.pocketvlm.engine.StaticKvDecoder
 import dev.pocketvlm.engine.TextDecoder
+import dev.pocketvlm.engine.loadingModel
 import java.io.File
 
 /**
@@ -161,15 +162,10 @@ class OrtBackend private constructor(
             if (!file.isFile) {
                 throw BundleError("bundle file ${file.name} is missing", "copy the whole bundle directory again")
             }
-            val session = try {
-                env.createSession(file.path, options)
-            } catch (e: OrtException) {
-                throw BundleError("ONNX Runtime cannot load ${file.name}: ${OrtComponentSession.firstLine(e)}",
+            val session = loadingModel(file.name, { e: OrtException ->
+                BundleError("ONNX Runtime cannot load ${file.name}: ${OrtComponentSession.firstLine(e)}",
                     "re-export the bundle with the onnxruntime version this app pins, or choose another accelerator", e)
-            } catch (e: OutOfMemoryError) {
-                throw BundleError("the phone ran out of memory loading ${file.name}",
-                    "close other apps, or export a smaller quantization", e)
-            }
+            }) { env.createSession(file.path, options) }
             try {
                 OrtComponentSession(env, session, file.name, label)
             } catch (e: Throwable) {
