@@ -112,6 +112,18 @@ class BundleTest {
         }
         val mismatch = assertFailsWith<BundleError> { Bundle.open(foreign) }
         assertTrue("the file list says" in mismatch.problem, mismatch.problem)
+
+        // a QNN context component's bytes are its EPContext model plus the context binary beside it: more than the
+        // model file's own entry is right, less is not
+        for ((extra, accepted) in listOf(1000L to true, -1L to false)) {
+            val qnn = GoldenFixtures.copy(name)
+            GoldenFixtures.editJson(qnn, "manifest.json") { m ->
+                val component = (m["components"] as Map<String, MutableMap<String, Any?>>).values.first()
+                component["format"] = "qnn_context"
+                component["bytes"] = (component["bytes"] as Long) + extra
+            }
+            if (accepted) Bundle.open(qnn) else assertFailsWith<BundleError> { Bundle.open(qnn) }
+        }
     }
 
     @Test
