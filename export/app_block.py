@@ -21,6 +21,7 @@ and concatenates ids the exporter wrote.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,6 @@ def write_app_block(staging: Path, manifest: dict[str, Any]) -> str | None:
 
 def _added_tokens(path: Path) -> list[str]:
     """The tokenizer's added tokens (the strings it splits its input at before anything else)."""
-    import json
-
     return [t["content"] for t in json.loads(path.read_text(encoding="utf-8")).get("added_tokens", []) if t["content"]]
 
 
