@@ -60,6 +60,7 @@ SHAPES = StaticShapes(prefill_length=128, kv_capacity=256)
 
 def stale_bundles(plan: dict[str, Path], recipes: dict[str, Any], checkpoint: Path) -> list[str]:
     """The rows of ``plan`` whose bundle is missing, or was exported from other weights or with another recipe."""
+    from pocketvlm.export.app_block import lacks_app_block
     from pocketvlm.export.checkpoint import read_checkpoint
     from pocketvlm.runtime.errors import BundleError
     from pocketvlm.runtime.manifest import load_bundle
@@ -69,9 +70,8 @@ def stale_bundles(plan: dict[str, Path], recipes: dict[str, Any], checkpoint: Pa
     for quant, out in plan.items():
         try:
             manifest = load_bundle(out).manifest
-            app_ready = manifest.get("task") != "image_text_to_text" or "app" in manifest  # older VLM bundles
             if (manifest["source"]["weights_sha256"] == weights and manifest["quantization"] == recipes[quant].to_json()
-                    and app_ready):
+                    and not lacks_app_block(manifest)):
                 continue
         except BundleError:
             pass

@@ -78,6 +78,7 @@ def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[d
     """fp32 / int8 / int4 bundles of ``checkpoint``; only missing or stale ones (no golden record, other weights or
     another quantization recipe) are exported, together, except that recipes needing calibration are exported after the
     fp32 bundle they are calibrated on."""
+    from pocketvlm.export.app_block import lacks_app_block
     from pocketvlm.export.checkpoint import read_checkpoint
 
     source = read_checkpoint(checkpoint)
@@ -89,7 +90,7 @@ def model_bundles(checkpoint: Path, cache: Path, name: str, say: Say) -> tuple[d
         try:
             manifest = load_bundle(out).manifest
             if ("golden" in manifest  # bundles exported before golden records are re-exported
-                    and ("app" in manifest or manifest.get("task") != "image_text_to_text")  # or the app block
+                    and not lacks_app_block(manifest)  # or the app block
                     and manifest["source"]["config_sha256"] == source.config_sha256
                     and manifest["source"]["weights_sha256"] == weights
                     and manifest["quantization"] == model.quants[quant].to_json()):

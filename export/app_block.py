@@ -53,6 +53,12 @@ def fixed_image(image: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
+def lacks_app_block(manifest: dict[str, Any]) -> bool:
+    """A VLM bundle exported before the app block existed: its layout is fixed, so this exporter would write one."""
+    return (manifest.get("task") == "image_text_to_text" and "app" not in manifest
+            and fixed_image(manifest.get("preprocessing", {}).get("image", {})) is not None)
+
+
 def write_app_block(staging: Path, manifest: dict[str, Any]) -> str | None:
     """Add the ``app`` block (and its feeds file) to a staged VLM bundle; returns why none was written, or None."""
     if manifest.get("task") != "image_text_to_text":
