@@ -48,16 +48,13 @@ class DirectorySource(val root: File) : BundleSource {
     override fun open(name: String): InputStream = file(name).inputStream()
 }
 
-/** A file the bundle lists, as it has to be: its size and its sha256 (hex). */
-private class Listed(val path: String, val bytes: Long, val sha256: String)
-
 /**
  * A bundle: its manifest, read and checked when it is opened, over a [BundleSource]. Opening reads only
  * `manifest.json`; [verify] checks every file's sha256 (call it before loading sessions); [read] reads one small
  * file (the tokenizer, the golden record) and checks that file's size and sha256 on the way.
  */
 class Bundle private constructor(val source: BundleSource, val manifest: Manifest, val manifestSha256: String) {
-    private val listed: Map<String, Listed> = manifest.files.associate { it.path to Listed(it.path, it.bytes, it.sha256) }
+    private val listed: Map<String, FileEntry> = manifest.files.associateBy { it.path }
 
     /** Bytes of every file the manifest lists (what the result file records as the bundle's size). */
     val totalBytes: Long get() = manifest.files.sumOf { it.bytes }
@@ -154,14 +151,14 @@ class Bundle private constructor(val source: BundleSource, val manifest: Manifes
     fun readText(name: String): String = decodeUtf8(read(name), name)
 
     /** The listed file's entry; a name the manifest does not list is refused. */
-    private fun entry(name: String): Listed = listed[name]
+    private fun entry(name: String): FileEntry = listed[name]
         ?: throw BundleError("${source.label} names a file its manifest does not list: '$name'",
             "re-export the bundle with `pocketvlm export`; never edit a manifest by hand")
 
     /** Whether the source has a file [name] (of any size; [verify] checks it). */
     fun exists(name: String): Boolean = source.size(name) != null
 
-    private fun presentSize(entry: Listed) {
+    private fun presentSize(entry: FileEntry) {
         val size = source.size(entry.path)
             ?: throw BundleError("bundle file ${entry.path} is missing from ${source.label}",
                 "copy the whole bundle directory again (every file its manifest lists)")
@@ -171,7 +168,7 @@ class Bundle private constructor(val source: BundleSource, val manifest: Manifes
         }
     }
 
-    private fun sha256Of(entry: Listed, onRead: (Long) -> Unit): String {
+    private fun sha256Of(entry: FileEntry, onRead: (Long) -> Unit): String {
         presentSize(entry)
         val digest = MessageDigest.getInstance("SHA-256")
         val buffer = ByteArray(1 shl 20)
