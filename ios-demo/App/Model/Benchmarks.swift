@@ -2,7 +2,7 @@ import Foundation
 import PocketVLMKit
 
 /// What the benchmark screen asks for: picked photos (prepared files, one timed run each), or none for the bundle's
-/// golden image `runs` times; captions of at most `newTokens` new tokens.
+/// golden image `runs` times; captions of exactly `newTokens` new tokens (the end of text ignored).
 struct BenchmarkPlan {
     let photos: [URL]
     let runs: Int
@@ -31,8 +31,10 @@ struct BenchmarkOutcome {
 /**
  The benchmark screen's runs (Android's `Benchmarks`), platform-free: one warm-up on the first image, then one
  timed caption per image; `image(i)` reads image i when its run starts, so N photos are never all in memory at
- once. The kit's `DeviceResult.vlm` turns the runs into the device result file of `runtime/schema/bench.schema.json`
- (the same file the web and Android demos write); `stages` gives the screen's median and p90 per stage.
+ once. Every run generates exactly `newTokens` tokens (`ignoreEos`, as `pocketvlm bench` and Android's benchmark
+ do), so each run decodes the same number of tokens. The kit's `DeviceResult.vlm` turns the runs into the device
+ result file of `runtime/schema/bench.schema.json` (the same file the web and Android demos write); `stages` gives
+ the screen's median and p90 per stage.
  */
 enum Benchmarks {
     static let maxPhotos = 50
@@ -45,7 +47,7 @@ enum Benchmarks {
             if cancelled() { throw Cancelled() }
             progress(index < 0 ? "warm-up on image 1" : "image \(index + 1) of \(count)")
             let result = try captioner.caption(imageData: try image(max(index, 0)), prompt: prompt,
-                                               sampling: .greedy, maxNewTokens: newTokens,
+                                               sampling: .greedy, maxNewTokens: newTokens, ignoreEos: true,
                                                onText: { _ in }, cancelled: cancelled)
             if index >= 0 { runs.append(result) }
         }

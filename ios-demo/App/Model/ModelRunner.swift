@@ -31,9 +31,9 @@ struct BundleSummary: Equatable {
     }
 }
 
-/// One caption or answer to ask for.
+/// One caption or answer to ask for; no image (`imageData` nil) asks `prompt` alone, text only.
 struct CaptionRequest {
-    let imageData: Data
+    let imageData: Data?
     let prompt: String?          // nil: the bundle's caption prompt
     let sampling: Sampling
     let maxNewTokens: Int

@@ -125,12 +125,13 @@ struct BundleStore: Sendable {
         guard let walk = FileManager.default.enumerator(at: folder, includingPropertiesForKeys: keys) else {
             throw InputError("cannot list the picked folder", "pick the bundle folder again")
         }
-        let base = folder.standardizedFileURL.path
+        // Both sides with symlinks resolved: the enumerator may name /var/... as /private/var/... (or back).
+        let base = folder.resolvingSymlinksInPath().path
         var files: [(path: String, bytes: Int64)] = []
         for case let url as URL in walk {
             let values = try url.resourceValues(forKeys: Set(keys))
             guard values.isRegularFile == true else { continue }
-            let full = url.standardizedFileURL.path
+            let full = url.resolvingSymlinksInPath().path
             guard full.hasPrefix(base + "/") else { continue }
             files.append((String(full.dropFirst(base.count + 1)), Int64(values.fileSize ?? 0)))
         }

@@ -87,7 +87,7 @@ struct BenchmarkScreen: View {
         Form {
             Section {
                 PhotosPicker(selection: $model.photoItems, maxSelectionCount: Benchmarks.maxPhotos,
-                             matching: .images) {
+                             matching: .images, preferredItemEncoding: .current) {
                     Label(pickLabel, systemImage: "photo.stack")
                 }
                 if model.photoItems.isEmpty {
@@ -99,7 +99,8 @@ struct BenchmarkScreen: View {
             } header: {
                 Text("Runs")
             } footer: {
-                Text("One warm-up caption first, then one timed caption per photo (or per golden run), greedy.")
+                Text("One warm-up caption first, then one timed caption per photo (or per golden run), greedy, each "
+                     + "exactly this many new tokens (generated past the end of text, so every run times the same).")
             }
             Section {
                 HStack {

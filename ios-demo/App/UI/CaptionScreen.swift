@@ -19,8 +19,14 @@ final class CaptionModel {
     private(set) var preview: UIImage?
     private(set) var text = ""
     private(set) var figures: [(String, String)] = []
-    private(set) var status = "pick a photo or take one"
+    private(set) var status = "pick a photo or take one, or type a question to ask without one"
     private(set) var running = false
+
+    /// The question typed, trimmed ("" asks for a caption of the photo).
+    var asked: String { question.trimmingCharacters(in: .whitespacesAndNewlines) }
+
+    /// A caption needs a photo; a typed question runs with one or, without, as a text-only prompt.
+    var canRun: Bool { imageData != nil || !asked.isEmpty }
 
     private var sampling: Sampling {
         seeded ? .seeded(seed: UInt64(max(seed, 0)), temperature: temperature, topK: topK) : .greedy
@@ -56,16 +62,24 @@ final class CaptionModel {
         status = "photo \(Images.sizeLine(data)), \(data.count / 1000) KB"
     }
 
+    /// Drops the picture, so a typed question is asked text-only.
+    func clearPhoto() {
+        photoItem = nil
+        imageData = nil
+        preview = nil
+        status = "no photo: type a question to ask it text-only"
+    }
+
     func run(on runner: ModelRunner, loaded: BundleSummary) async {
-        guard let imageData else {
-            status = "pick a photo or take one first"
+        let asked = self.asked
+        guard canRun else {
+            status = "pick a photo or take one first, or type a question"
             return
         }
-        let asked = question.trimmingCharacters(in: .whitespacesAndNewlines)
         running = true
         text = ""
         figures = []
-        status = asked.isEmpty ? "captioning…" : "answering…"
+        status = asked.isEmpty ? "captioning…" : (imageData == nil ? "answering (no photo)…" : "answering…")
         let feed = Feed { [weak self] piece in self?.text += piece }
         let request = CaptionRequest(imageData: imageData, prompt: asked.isEmpty ? nil : asked, sampling: sampling,
                                      maxNewTokens: max(1, maxNewTokens))
@@ -120,7 +134,7 @@ struct CaptionScreen: View {
                     Image(uiImage: preview).resizable().scaledToFit().frame(maxHeight: 320)
                 }
                 HStack {
-                    PhotosPicker(selection: $model.photoItem, matching: .images) {
+                    PhotosPicker(selection: $model.photoItem, matching: .images, preferredItemEncoding: .current) {
                         Label("Photo", systemImage: "photo.on.rectangle")
                     }
                     Spacer()
@@ -130,11 +144,16 @@ struct CaptionScreen: View {
                         Label("Camera", systemImage: "camera")
                     }
                     .disabled(!CameraPicker.isAvailable)
+                    if model.imageData != nil {
+                        Spacer()
+                        Button("Clear", role: .destructive) { model.clearPhoto() }
+                    }
                 }
                 .buttonStyle(.borderless)
             }
             Section("Ask") {
-                TextField("Question (empty: describe the image)", text: $model.question, axis: .vertical)
+                TextField("Question (empty: describe the photo; no photo: text only)", text: $model.question,
+                          axis: .vertical)
                 Stepper("Max new tokens: \(model.maxNewTokens)", value: $model.maxNewTokens, in: 1...1024, step: 16)
                 Toggle("Seeded sampling (off: greedy)", isOn: $model.seeded)
                 if model.seeded {
@@ -145,10 +164,10 @@ struct CaptionScreen: View {
                     }
                 }
                 HStack {
-                    Button(model.question.isEmpty ? String("Caption") : String("Ask")) {
+                    Button(model.asked.isEmpty ? String("Caption") : String("Ask")) {
                         Task { await model.run(on: app.runner, loaded: loaded) }
                     }
-                    .disabled(model.running || app.busy || model.imageData == nil)
+                    .disabled(model.running || app.busy || !model.canRun)
                     Spacer()
                     Button("Stop", role: .destructive) { app.runner.cancel() }
                         .disabled(!model.running)

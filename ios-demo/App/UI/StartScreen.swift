@@ -79,7 +79,6 @@ struct StartScreen: View {
                     .disabled(app.busy)
             }
         }
-        .disabled(!enabled)
     }
 }
 

@@ -232,7 +232,7 @@ public final class LoadedBundle {
 
     /// Loads the bundle in `directory`; `progress` gets one line per step. Every failure is a [PocketVLMError].
     public static func load(directory: URL, computeUnits: ComputeUnits,
-                            progress: (String) -> Void) async throws -> LoadedBundle {
+                            progress: @escaping (String) -> Void) async throws -> LoadedBundle {
         progress("reading manifest.json")
         let bundle = try VLMBundle.open(directory)
         _ = try bundle.manifest.requireApp()
