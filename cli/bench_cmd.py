@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pocketvlm.cli.common import add_runtime_options, core_ml_predictor
+from pocketvlm.cli.common import add_runtime_options, injected_predictor
 from pocketvlm.runtime.errors import InputError
 from pocketvlm.runtime.vlm import DEFAULT_CAPTION_PROMPT
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr, flush=True)
 
     result = run_bench(Path(args.bundle), image, args.prompt, args.new_tokens, args.runs, args.warmup, args.threads,
-                       bandwidth=not args.no_bandwidth, say=say, predictor=core_ml_predictor())
+                       bandwidth=not args.no_bandwidth, say=say, predictor=injected_predictor())
     figures = result["figures"]
     for name, stats in figures["components"].items():
         print(f"{name:24s} median {stats['median_ms']:9.2f} ms   p90 {stats['p90_ms']:9.2f} ms")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pocketvlm.cli.common import add_runtime_options, core_ml_predictor
+from pocketvlm.cli.common import add_runtime_options, injected_predictor
 from pocketvlm.runtime.vlm import DEFAULT_CAPTION_PROMPT
 
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     model = VisionLanguageModel.load(args.bundle, threads=args.threads, max_pixels=args.max_pixels,
-                                    predictor=core_ml_predictor())
+                                    predictor=injected_predictor())
 
     def stream(piece: str) -> None:
         sys.stdout.write(piece)

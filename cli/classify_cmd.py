@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pocketvlm.cli.common import add_runtime_options, core_ml_predictor, parse_labels
+from pocketvlm.cli.common import add_runtime_options, injected_predictor, parse_labels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     labels = parse_labels(args.labels)
     model = DualEncoder.load(args.bundle, threads=args.threads, max_pixels=args.max_pixels,
-                            predictor=core_ml_predictor())
+                            predictor=injected_predictor())
     results = model.classify(args.image, labels, template=args.template)
     if args.json:
         print(json.dumps([{"image": image, "predictions": [p.__dict__ for p in preds]}

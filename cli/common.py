@@ -31,3 +31,17 @@ def core_ml_predictor() -> Any:
     from pocketvlm.export.targets.coreml.predictor import MLModelPredictor
 
     return MLModelPredictor
+
+
+def injected_predictor() -> Any:
+    """The predictor factory the runtime commands inject, picked per component by its format: ``.pte`` programs on
+    ``executorch.runtime`` (the ``executorch`` extra, on the export side: it needs torch), Core ML packages on
+    ``core_ml_predictor``'s choice. The export side is imported only when such a component is opened."""
+    fallback = core_ml_predictor()
+
+    def make(path: Any) -> Any:
+        from pocketvlm.export.targets.executorch.predictor import local_predictor
+
+        return local_predictor(fallback)(path)
+
+    return make

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pocketvlm.cli.common import add_runtime_options, core_ml_predictor
+from pocketvlm.cli.common import add_runtime_options, injected_predictor
 from pocketvlm.runtime.errors import InputError
 
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out and not args.out.endswith(".npy"):
         raise InputError(f"--out {args.out} must end in .npy", "pass a path like embeddings.npy")
     model = DualEncoder.load(args.bundle, threads=args.threads, max_pixels=args.max_pixels,
-                            predictor=core_ml_predictor())
+                            predictor=injected_predictor())
     items = args.image or args.text
     vectors = model.embed_image(items) if args.image else model.embed_text(items)
     if args.out:

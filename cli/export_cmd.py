@@ -1,4 +1,4 @@
-"""pocketvlm export --model DIR --target onnx|tflite|coreml|qnn --quant int8 --out DIR [--shapes shapes.json]
+"""pocketvlm export --model DIR --target onnx|tflite|coreml|qnn|executorch --quant int8 --out DIR [--shapes shapes.json]
 [--soc SM8650,SM8750] [--calibration-images DIR] [--calibration-texts FILE] [--mediapipe [--mediapipe-scale N]]"""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     required.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
     required.add_argument("--out", required=True, help="bundle directory to write (an existing bundle is replaced)")
     optional = parser.add_argument_group("optional")
-    optional.add_argument("--target", default="onnx", choices=("onnx", "tflite", "coreml", "qnn"),
-                          help="onnx (default), tflite, coreml, or qnn (Qualcomm HTP, needs pocketvlm[npu])")
+    optional.add_argument("--target", default="onnx", choices=("onnx", "tflite", "coreml", "qnn", "executorch"),
+                          help="onnx (default), tflite, coreml, qnn (Qualcomm HTP, needs pocketvlm[npu]), or "
+                          "executorch (XNNPACK .pte, needs pocketvlm[executorch])")
     optional.add_argument("--quant", default=None,
                           help="fp32 | fp16 | int8 | int4 | palette4 (coreml), per component as "
                           "'int8,text_encoder=int4', or a JSON file; a16w8 | a8w8 (qnn); default fp32 (fp16 for "
@@ -27,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="export the image / vision side as two stages at the ViT -> Transformer boundary "
                           "(image_frontend + image_transformer for CLIP/SigLIP, vision_frontend + vision_transformer "
                           "for the VLMs)")
-    optional.add_argument("--shapes", help="tflite, coreml: JSON file of static shapes (prefill_length, kv_capacity, "
-                          "image_size); defaults 128, 1024, 448")
+    optional.add_argument("--shapes", help="tflite, coreml, executorch: JSON file of static shapes (prefill_length, "
+                          "kv_capacity, image_size); defaults 128, 1024, 448")
     optional.add_argument("--soc", default="SM8650",
                           help="qnn: Snapdragon part number(s) to compile for, comma-separated (default SM8650)")
     optional.add_argument("--calibration-images", type=Path, default=None,

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pocketvlm.cli.common import add_runtime_options, core_ml_predictor
+from pocketvlm.cli.common import add_runtime_options, injected_predictor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     record = read_record(bundle)
     cls = VisionLanguageModel if bundle.manifest.get("task") == "image_text_to_text" else DualEncoder
     model = cls.load(bundle, threads=args.threads, max_pixels=args.max_pixels,
-                    predictor=core_ml_predictor())
+                    predictor=injected_predictor())
     results = selftest(model)
     for result in results:
         print(result.line())

@@ -38,7 +38,7 @@ from pocketvlm.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_fil
 
 PENDING_MANIFEST = MANIFEST_NAME + ".partial"  # renamed to manifest.json only after the directory is in place
 TOOLS = ("pocketvlm", "torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy", "litert-torch",
-         "ai-edge-quantizer", "ai-edge-litert", "coremltools")
+         "ai-edge-quantizer", "ai-edge-litert", "coremltools", "executorch")
 
 Progress = Callable[[str], None]
 DTYPE_BYTES = (("float32", 4), ("float16", 2), ("int8", 1))

@@ -113,8 +113,9 @@ def turns(sessions: Iterable[Session]) -> AbstractContextManager[Any]:
 def open_session(bundle: Bundle, component: str, providers: list[str] | None = None, threads: int = 0,
                  predictor: PredictorFactory | None = None) -> Session:
     """A session for one component, by its format. ``providers`` and ``threads`` apply to ONNX Runtime (threads to
-    LiteRT too); ``predictor`` makes the predictor of a Core ML package (the CLI passes Core ML itself on macOS,
-    verification pocketvlm's reference evaluator; without one a Core ML bundle is refused)."""
+    LiteRT too); ``predictor`` makes the predictor of a Core ML package or an ExecuTorch program (the CLI passes Core
+    ML itself on macOS and ``executorch.runtime`` where installed, verification pocketvlm's reference evaluator;
+    without one such a bundle is refused)."""
     spec = bundle.component(component)
     if spec.format == "onnx":
         return OrtSession(bundle.file(spec.file), providers=providers, threads=threads)
@@ -128,9 +129,15 @@ def open_session(bundle: Bundle, component: str, providers: list[str] | None = N
         package = bundle.file(spec.file)
         return CoreMLSession(package, bundle.manifest["components"][component],
                              predictor(package) if predictor else None)
+    if spec.format == "pte":
+        from pocketvlm.runtime.executorch import ExecuTorchSession
+
+        program = bundle.file(spec.file)
+        return ExecuTorchSession(program, bundle.manifest["components"][component],
+                                 predictor(program) if predictor else None)
     if spec.format == "qnn_context":
         from pocketvlm.runtime.qnn import QnnSession
 
         return QnnSession(bundle.path, bundle.manifest["components"][component], threads=threads)
     raise BundleError(f"component '{component}' has format '{spec.format}', which this runtime cannot run",
-                      "export with --target onnx, tflite, coreml or qnn")
+                      "export with --target onnx, tflite, coreml, qnn or executorch")

@@ -43,6 +43,8 @@ class CoreMLSession:
     a batch, the stateful ``text_decoder`` runs calls as prefill / decode chunks over its own KV cache."""
 
     reentrant = False  # a predictor (and its state) serves one call at a time (models take turns: backends.turns)
+    engine, target = "Core ML", "coreml"
+    padded = True  # the decoder's prefill chunks are padded to the prefill function's static length
 
     def __init__(self, path: Path, component: dict[str, Any], predictor: Predictor | None = None) -> None:
         self.input_names = tuple(t["name"] for t in component["inputs"])
@@ -52,20 +54,24 @@ class CoreMLSession:
         dtypes = self.static.get("dtypes") or {}
         self.functions = {fn: {name: (tuple(int(d) for d in shape), _DTYPES[dtypes.get(name, "float32")])
                                for name, shape in shapes.items()} for fn, shapes in signatures.items()}
-        self.owns_kv_cache = bool(self.static.get("states"))
+        self.owns_kv_cache = bool(self.static.get("states") or self.static.get("mutable_buffers"))
         if not self.functions or (len(self.functions) != 1 and not self.owns_kv_cache):
             raise BundleError(f"{path.name}: the manifest has {len(self.functions)} static signatures for this "
-                              "Core ML component", "re-export the bundle with --target coreml")
+                              f"{self.engine} component", f"re-export the bundle with --target {self.target}")
         self.inputs = next(iter(self.functions.values()))
         if predictor is None:
-            raise BundleError(f"{path.name} is a Core ML package: Core ML runs only on macOS and iOS, through a "
-                              "predictor the caller passes",
-                              "on a Mac use the pocketvlm CLI (pip install 'pocketvlm[coreml]') or pass "
-                              "predictor=MLModelPredictor; on Linux check it with 'pocketvlm parity'")
+            raise self.missing_predictor(path)
         self._predictor = predictor
         self.backend = predictor.name
         self._state: Any = None
         self._filled = 0
+
+    @staticmethod
+    def missing_predictor(path: Path) -> BundleError:
+        return BundleError(f"{path.name} is a Core ML package: Core ML runs only on macOS and iOS, through a "
+                           "predictor the caller passes",
+                           "on a Mac use the pocketvlm CLI (pip install 'pocketvlm[coreml]') or pass "
+                           "predictor=MLModelPredictor; on Linux check it with 'pocketvlm parity'")
 
     def reset(self) -> None:
         """A new sequence: a fresh state (the decoder's KV cache); nothing to do for an encoder."""
@@ -77,13 +83,19 @@ class CoreMLSession:
         inputs = self.functions[function] if function else self.inputs
         for name, (shape, dtype) in inputs.items():
             value = np.asarray(feeds[name])
-            if value.shape != shape:
-                raise InputError(f"input '{name}' has shape {list(value.shape)}, but this Core ML component is fixed "
-                                 f"at {list(shape)}", "re-export with --target coreml and shapes that cover it")
+            if not self.fits(name, value.shape, shape):
+                raise InputError(f"input '{name}' has shape {list(value.shape)}, but this {self.engine} component is "
+                                 f"fixed at {list(shape)}",
+                                 f"re-export with --target {self.target} and shapes that cover it")
             cast[name] = np.ascontiguousarray(value, dtype=dtype)
-        outputs = (self._predictor.predict(cast, function, self._state) if function
-                   else self._predictor.predict(cast))
+        outputs = self.predict(cast, function)
         return {name: np.asarray(outputs[name], dtype=np.float32) for name in self.output_names}
+
+    def fits(self, name: str, shape: tuple[int, ...], static: tuple[int, ...]) -> bool:
+        return shape == static
+
+    def predict(self, feeds: dict[str, np.ndarray], function: str | None) -> dict[str, np.ndarray]:
+        return self._predictor.predict(feeds, function, self._state) if function else self._predictor.predict(feeds)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.owns_kv_cache:
@@ -100,11 +112,11 @@ class CoreMLSession:
         if self._state is None:
             self.reset()
         if claimed != self._filled:
-            raise InputError(f"the caller's KV cache holds {claimed} tokens but this Core ML decoder's state holds "
-                             f"{self._filled}", "call reset() before each new sequence, and run one at a time")
-        check_call(ids, self._filled, capacity, "Core ML")
+            raise InputError(f"the caller's KV cache holds {claimed} tokens but this {self.engine} decoder's state "
+                             f"holds {self._filled}", "call reset() before each new sequence, and run one at a time")
+        check_call(ids, self._filled, capacity, self.engine)
         logits = None
-        for chunk in chunks(feeds, int(self.static["prefill_length"]), image_token):
+        for chunk in chunks(feeds, int(self.static["prefill_length"]), image_token, self.padded):
             size = chunk.pad + chunk.real
             mask = np.zeros((1, capacity + size), np.int32)
             mask[:, : self._filled] = 1

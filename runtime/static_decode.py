@@ -38,7 +38,9 @@ def check_call(ids: np.ndarray, filled: int, capacity: int, engine: str) -> None
                          f"{capacity}", "shorten the prompt or re-export with a larger kv_capacity")
 
 
-def chunks(feeds: dict[str, np.ndarray], prefill_length: int, image_token: int) -> Iterator[Chunk]:
+def chunks(feeds: dict[str, np.ndarray], prefill_length: int, image_token: int, padded: bool = True) -> Iterator[Chunk]:
+    """One call as chunks of at most ``prefill_length`` tokens; ``padded``: each padded to ``prefill_length``
+    (static decoders), else each as long as its tokens (a decoder with a dynamic sequence: ExecuTorch)."""
     ids = np.asarray(feeds["input_ids"])
     rows = np.asarray(feeds["image_embeds"])
     deep = feeds.get("deepstack_embeds")
@@ -47,7 +49,7 @@ def chunks(feeds: dict[str, np.ndarray], prefill_length: int, image_token: int) 
     for start in range(0, ids.shape[1], prefill_length):
         part = ids[:, start : start + prefill_length]
         single = part.shape[1] == 1
-        size = 1 if single else prefill_length
+        size = 1 if single else prefill_length if padded else part.shape[1]
         pad = size - part.shape[1]
         step = {"input_ids": np.concatenate([np.full((1, pad), 0 if image_token else 1, ids.dtype), part], 1),
                 "position_ids": pad_positions(positions[..., start : start + size - pad], pad),

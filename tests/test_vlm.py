@@ -22,6 +22,17 @@ def assert_passes(report):
     assert report["pass"], [line for line in report["checks"] if not line["pass"]]
 
 
+def assert_chunked_greedy_equal(report, steps: int = 16):
+    """A static-shape decoder's parity report: every prompt ran as several prefill chunks, and its ``steps`` greedy
+    tokens (varied ones, not a repeated token) equal PyTorch's; every verdict passes."""
+    for row in report["photos"]:
+        assert row["prompt_tokens"] > 16, "the prompt should need several prefill chunks"
+        assert row["greedy"]["equal"], row["greedy"]
+        assert len(row["greedy"]["reference"]) == steps
+        assert len(set(row["greedy"]["reference"])) > 3
+    assert_passes(report)
+
+
 def two_sizes(photos):
     """A square and a non-square image, small enough for tiny configs."""
     return {"astronaut-140": photos["astronaut"].resize((140, 140)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pocketvlm.export.targets.base import Target
 from pocketvlm.export.targets.coreml.target import CoreMLTarget
+from pocketvlm.export.targets.executorch.target import ExecuTorchTarget
 from pocketvlm.export.targets.onnx.target import OnnxTarget
 from pocketvlm.export.targets.qnn.target import QnnTarget
 from pocketvlm.export.targets.tflite.target import TFLiteTarget
@@ -15,6 +16,7 @@ TARGETS: dict[str, Target] = {
     "tflite": TFLiteTarget(),
     "coreml": CoreMLTarget(),
     "qnn": QnnTarget(),
+    "executorch": ExecuTorchTarget(),
 }
 
 

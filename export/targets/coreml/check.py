@@ -21,6 +21,7 @@ import numpy as np
 
 from pocketvlm.export.targets.coreml.mil_eval import MILProgram, function_names
 from pocketvlm.export.targets.coreml.predictor import platform_predictor
+from pocketvlm.export.targets.executorch.predictor import local_predictor
 from pocketvlm.runtime.dual_encoder import DualEncoder
 from pocketvlm.runtime.manifest import Bundle, load_bundle
 from pocketvlm.runtime.vlm import VisionLanguageModel
@@ -57,10 +58,10 @@ class EvaluatorPredictor:
 
 def load_runner(bundle_dir: Path | str, threads: int = 0) -> DualEncoder | VisionLanguageModel:
     """The runtime's model for any bundle. Core ML packages run on the runtime's own choice on macOS (Core ML
-    itself), and on the reference evaluator elsewhere."""
+    itself), and on the reference evaluator elsewhere; ExecuTorch programs on ``executorch.runtime``."""
     bundle = load_bundle(bundle_dir)
     cls = VisionLanguageModel if bundle.manifest.get("task") == "image_text_to_text" else DualEncoder
-    return cls.load(bundle, threads=threads, predictor=core_ml_predictor())
+    return cls.load(bundle, threads=threads, predictor=local_predictor(core_ml_predictor()))
 
 
 def core_ml_predictor() -> Any:

@@ -35,10 +35,12 @@ from pocketvlm.runtime.errors import ExportError
 STATES = ("key_cache", "value_cache")
 
 
-def stateful_decoder(model: Any, component: ComponentDef, capacity: int) -> Any:
-    """The family's decoder with its KV cache moved into fp16 buffers (Core ML states after conversion)."""
+def stateful_decoder(model: Any, component: ComponentDef, capacity: int, cache_dtype: Any = None) -> Any:
+    """The family's decoder with its KV cache moved into buffers of ``cache_dtype`` (default fp16: Core ML states
+    after conversion; the ExecuTorch target keeps float32 mutable buffers)."""
     import torch
 
+    cache_dtype = torch.float16 if cache_dtype is None else cache_dtype
     in_defs, out_defs = component.signature(model.config)
     layers, kv_heads, head_dim = kv_shape(getattr(model.config, "text_config", model.config))
     inner = component.wrap(model).eval()
@@ -49,8 +51,8 @@ def stateful_decoder(model: Any, component: ComponentDef, capacity: int) -> Any:
             super().__init__()
             self.inner = inner
             shape = (layers, 1, kv_heads, capacity, head_dim)
-            self.register_buffer("key_cache", torch.zeros(shape, dtype=torch.float16))
-            self.register_buffer("value_cache", torch.zeros(shape, dtype=torch.float16))
+            self.register_buffer("key_cache", torch.zeros(shape, dtype=cache_dtype))
+            self.register_buffer("value_cache", torch.zeros(shape, dtype=cache_dtype))
 
         def forward(self, **feeds: torch.Tensor) -> torch.Tensor:
             past = []
@@ -63,7 +65,7 @@ def stateful_decoder(model: Any, component: ComponentDef, capacity: int) -> Any:
             for cache, new in ((self.key_cache, present[0::2]), (self.value_cache, present[1::2])):
                 # per layer [C, N] @ [1, H, N, D] -> [1, H, C, D]: the Neural Engine and Core ML stop at rank 5
                 layers_out = [cache[i].float() * keep + torch.matmul(hit, new[i]) for i in range(layers)]
-                cache.copy_(torch.stack(layers_out).to(torch.float16))
+                cache.copy_(torch.stack(layers_out).to(cache_dtype))
             return logits
 
     del out_defs
