@@ -23,10 +23,9 @@ from pocketvlm.export.spec import ComponentDef
 from pocketvlm.export.targets.base import require_tool
 from pocketvlm.export.targets.coreml.decoder import decoder_feeds, stateful_decoder
 from pocketvlm.runtime.errors import ExportError
+from pocketvlm.runtime.executorch import SEQUENCE_DIMS  # the dims made dynamic here are the ones the session allows
 
 BACKEND = "xnnpack"
-# dimension names that follow the number of new tokens in one decoder call
-SEQUENCE_DIMS = ("sequence", "image_tokens", "past_sequence")
 
 
 def positional(module: Any, names: Sequence[str]) -> Any:
